@@ -1,0 +1,155 @@
+"""The ``gridflex`` command line.
+
+Exit codes: 0 success, 1 internal error (a bug: please report it), 2 user error (a clear
+message, never a traceback), 3 a power flow that did not converge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from gridflex import __version__
+from gridflex.errors import ConvergenceError, GridflexError, PluginError, UserError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_NOT_CONVERGED = 0, 1, 2, 3
+
+
+class UsageError(UserError):
+    """A command-line usage mistake (already formatted with the command's usage)."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises :class:`UsageError` instead of exiting, so main() owns exit codes."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.format_usage().strip()}\n{self.prog}: error: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog="gridflex",
+        description="Decentralised learning for grid-edge flexibility with differentiable "
+        "three-phase AC power flow.",
+        epilog="Exit codes: 0 ok, 1 internal error, 2 user error, 3 power flow not converged.",
+    )
+    parser.add_argument("--version", action="version", version=f"gridflex {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
+    sub.required = True
+
+    run = sub.add_parser(
+        "run",
+        help="run a scenario (the main job)",
+        description="Run a scenario: validate it, build the feeder, grid, solver, fleet and "
+        "learner it names, solve the base-case power flow and print the resolved plan. "
+        "Training and evaluation are performed by the scenario's learner once learner plugins "
+        "are installed; with no learner configured the run stops after the plan. "
+        "With no SCENARIO the embedded default scenario is used.",
+    )
+    run.add_argument("scenario", nargs="?", help="scenario YAML (default: embedded default)")
+    _add_overrides(run)
+    run.add_argument("--device", help="torch device, overrides the scenario's `device`")
+    run.add_argument("--out", type=Path, help="output folder (default: runs/<name>/<stamp>)")
+
+    validate = sub.add_parser(
+        "validate",
+        help="validate scenario files",
+        description="Validate scenario files (structure and each component's params); report "
+        "every problem with its YAML path. Exit 2 if any file is invalid.",
+    )
+    validate.add_argument("scenarios", nargs="+", help="scenario YAML files")
+    _add_overrides(validate)
+
+    sub.add_parser(
+        "plugins",
+        help="list installed plugins and their components",
+        description="List every installed gridflex plugin: name, kinds, distribution, version "
+        "and the components it registers.",
+    )
+    schema = sub.add_parser(
+        "schema",
+        help="print the JSON schema of scenario files",
+        description="Print the JSON schema of scenario files, including every installed "
+        "component's params schema.",
+    )
+    schema.add_argument("--no-components", action="store_true", help="structure only")
+
+    pf = sub.add_parser(
+        "pf",
+        help="solve one power flow of a feeder with the ac3ph solver",
+        description="Solve the base-case power flow of a feeder with gridflex's exact three-phase "
+        "AC solver (ac3ph). The OpenDSS engine, if used at all, only reads the file; a cached "
+        "feeder is used when present. OpenDSS's vminpu/vmaxpu constant-impedance rule is applied. "
+        "Exit 3 if the power flow does not converge.",
+    )
+    pf.add_argument("feeder", help="a .dss master file, a gridflex feeder .json(.gz) or a shipped name")
+    pf.add_argument("--load-mult", type=float, default=1.0, help="scale every load's kW and kvar")
+    pf.add_argument("--taps", choices=("file", "opendss"), default="file", help="regulator taps")
+    pf.add_argument("--json", type=Path, dest="json_out", help="write the result JSON here")
+    pf.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    pf.add_argument("--max-iter", type=int, default=100, help="iteration cap (default 100)")
+    return parser
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override, e.g. -o learner.params.eta=0.05 -o devices[0].count=10",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gridflex`` command; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        return _dispatch(args)
+    except ConvergenceError as exc:
+        print(f"gridflex: {exc}", file=sys.stderr)
+        return EXIT_NOT_CONVERGED
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USER
+    except (UserError, PluginError) as exc:
+        print(f"gridflex: error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except BrokenPipeError:  # output piped into e.g. `head`
+        sys.stderr.close()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("gridflex: interrupted", file=sys.stderr)
+        return 130
+    except GridflexError as exc:
+        print(f"gridflex: error: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception:  # noqa: BLE001 - a bug: show it
+        traceback.print_exc()
+        print(
+            "gridflex: internal error (a bug in gridflex or a plugin); please report it with the "
+            "traceback above",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from gridflex import commands
+
+    handler = {
+        "run": commands.cmd_run,
+        "validate": commands.cmd_validate,
+        "plugins": commands.cmd_plugins,
+        "schema": commands.cmd_schema,
+        "pf": commands.cmd_pf,
+    }[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Exact three-phase AC power flow (Z-bus fixed point) with implicit differentiation.
+
+* :mod:`~gridflex.powerflow.zbus`: precomputed network, fixed point, Anderson, adjoint (numerics);
+* :mod:`~gridflex.powerflow.loads`: OpenDSS load-model currents and their derivatives;
+* :mod:`~gridflex.powerflow.implicit`: the ``torch.autograd.Function`` adapter;
+* :mod:`~gridflex.powerflow.result`: :class:`PowerFlowResult` and :func:`solve_power_flow`.
+
+The ``ac3ph`` solver plugin (``gridflex_plugins.solvers.ac3ph``) wraps these for scenarios.
+"""
+
+from gridflex.powerflow.implicit import AdjointReport, SolveOptions, ZBusFixedPoint
+from gridflex.powerflow.result import PowerFlowResult, solve_power_flow
+from gridflex.powerflow.zbus import ZBusNetwork, build_network, load_nodes
+
+__all__ = [
+    "AdjointReport",
+    "PowerFlowResult",
+    "SolveOptions",
+    "ZBusFixedPoint",
+    "ZBusNetwork",
+    "build_network",
+    "load_nodes",
+    "solve_power_flow",
+]

@@ -1,0 +1,142 @@
+"""Power-flow results and their assembly from a fixed-point solution.
+
+:func:`solve_power_flow` is the one differentiable entry point: it flattens the batch, runs
+:class:`~gridflex.powerflow.implicit.ZBusFixedPoint` and derives every reported quantity from the
+iteration-node voltages with ordinary torch operations (so autograd reaches them all).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gridflex.powerflow import zbus
+from gridflex.powerflow.implicit import AdjointReport, SolveOptions, ZBusFixedPoint, complex_unstack
+
+
+@dataclass
+class PowerFlowResult:
+    """One batched power flow. Leading dims ``[...]`` are the batch (days x steps x scenarios).
+
+    Voltages are per unit of each node's line-to-neutral base (:meth:`v_volts` gives volts);
+    powers are positive when drawn: ``source_power_kw`` from the source at the source bus
+    terminal, ``load_power_kw`` by the feeder's loads at the solution voltages,
+    ``device_power_kw`` by the devices; ``losses_kw = source - load - device`` (capacitors'
+    output appears as negative reactive losses). Samples with ``converged == False`` hold finite
+    but meaningless values: count them, never use them.
+    """
+
+    v_pu: torch.Tensor  # complex [..., n]
+    branch_currents_a: torch.Tensor  # complex [..., T]: into each branch at each terminal conductor
+    branch_slices: dict[str, slice]  # branch name -> slice of the last dim of branch_currents_a
+    source_power_kw: torch.Tensor  # [...]
+    source_power_kvar: torch.Tensor
+    load_power_kw: torch.Tensor
+    load_power_kvar: torch.Tensor
+    device_power_kw: torch.Tensor
+    device_power_kvar: torch.Tensor
+    losses_kw: torch.Tensor
+    losses_kvar: torch.Tensor
+    converged: torch.Tensor  # bool [...]
+    iterations: torch.Tensor  # long [...]
+    residual_pu: torch.Tensor  # [...]: max |G(v) - v| at the last iteration (inf if diverged)
+    node_names: list[str]
+    v_base_v: torch.Tensor  # [n]
+
+    @property
+    def vm_pu(self) -> torch.Tensor:
+        """Node voltage magnitudes, pu [..., n]."""
+        return self.v_pu.abs()
+
+    def v_volts(self) -> torch.Tensor:
+        """Complex node voltages in volts [..., n]."""
+        return self.v_pu * self.v_base_v
+
+    def branch_current_a(self, name: str) -> torch.Tensor:
+        """Terminal currents of one branch (terminal 1's conductors, then terminal 2's), A."""
+        return self.branch_currents_a[..., self.branch_slices[name]]
+
+    @property
+    def n_nonconverged(self) -> int:
+        return int((~self.converged).sum())
+
+
+def _batch_shape(*tensors: torch.Tensor | None) -> torch.Size:
+    shapes = [t.shape[:-1] for t in tensors if t is not None]
+    return torch.broadcast_shapes(*shapes) if shapes else torch.Size([])
+
+
+def _rows(t: torch.Tensor | None, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor | None:
+    if t is None:
+        return None
+    return t.to(dtype).expand(*shape, t.shape[-1]).reshape(-1, t.shape[-1])
+
+
+def solve_power_flow(
+    net: zbus.ZBusNetwork,
+    load_scale: torch.Tensor | None = None,
+    p_kw: torch.Tensor | None = None,
+    q_kvar: torch.Tensor | None = None,
+    warm_start: torch.Tensor | PowerFlowResult | None = None,
+    *,
+    options: SolveOptions | None = None,
+    adjoint_report: AdjointReport | None = None,
+) -> PowerFlowResult:
+    """Batched, differentiable AC power flow on a precomputed network.
+
+    Args:
+        load_scale: [..., n_loads] multiplier of each load element's nominal kW and kvar (None = 1).
+        p_kw, q_kvar: [..., n_inj] extra constant-power wye consumption at the device nodes.
+        warm_start: complex node voltages [..., n] in pu (or a previous result).
+    """
+    options = options or SolveOptions()
+    if isinstance(warm_start, PowerFlowResult):
+        warm_start = warm_start.v_pu.detach()
+    shape = _batch_shape(load_scale, p_kw, q_kvar, warm_start)
+    batch = int(torch.Size(shape).numel())
+    real = net.dtype
+    s_base_kva = net.s_base_va / 1e3
+    scale = _rows(load_scale, shape, real)
+    p_pu = None if p_kw is None else _rows(p_kw, shape, real) / s_base_kva
+    q_pu = None if q_kvar is None else _rows(q_kvar, shape, real) / s_base_kva
+    v0 = None
+    if warm_start is not None:
+        v0 = _rows(warm_start.to(net.w_i.dtype), shape, net.w_i.dtype)[:, net.iter_nodes]
+
+    x, converged, iterations, residual = ZBusFixedPoint.apply(
+        p_pu, q_pu, scale, net, options, v0, batch, adjoint_report)
+    v_iter = complex_unstack(x)
+    c = zbus.injection_coefficients(net, batch, scale, _device(p_pu, q_pu))
+    i_iter = zbus.injection_currents(net, v_iter, c)
+    v_all = torch.addmm(net.w_all.expand(batch, -1), i_iter, net.z_ni_t)
+
+    drawn = -(v_iter * i_iter.conj()).sum(-1) * s_base_kva  # loads + devices, kVA
+    device = _device(p_pu, q_pu)
+    device = device.sum(-1) * s_base_kva if device is not None else torch.zeros_like(drawn)
+    source = zbus.source_power_pu(net, v_all) * s_base_kva
+    losses = source - drawn
+    load = drawn - device
+
+    def out(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(tuple(shape) + tuple(t.shape[1:]))
+
+    return PowerFlowResult(
+        v_pu=out(v_all),
+        branch_currents_a=out(zbus.terminal_currents_a(net, v_all)),
+        branch_slices=net.branch_slices,
+        source_power_kw=out(source.real), source_power_kvar=out(source.imag),
+        load_power_kw=out(load.real), load_power_kvar=out(load.imag),
+        device_power_kw=out(device.real), device_power_kvar=out(device.imag),
+        losses_kw=out(losses.real), losses_kvar=out(losses.imag),
+        converged=out(converged), iterations=out(iterations), residual_pu=out(residual),
+        node_names=net.node_names, v_base_v=net.v_base_v,
+    )
+
+
+def _device(p_pu: torch.Tensor | None, q_pu: torch.Tensor | None) -> torch.Tensor | None:
+    if p_pu is None and q_pu is None:
+        return None
+    p_pu = torch.zeros_like(q_pu) if p_pu is None else p_pu
+    q_pu = torch.zeros_like(p_pu) if q_pu is None else q_pu
+    return torch.complex(p_pu, q_pu)

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+sys.path.insert(0, str(TESTS_DIR))  # test helper modules (toy_plugin, opendss_oracle)
+
+
+@pytest.fixture(scope="session")
+def toy_registry():
+    """Registry of the installed plugins plus the test-only toy plugin."""
+    import toy_plugin
+
+    from gridflex.plugins import load_registry
+
+    return load_registry(extra_plugins=(toy_plugin,))[1]
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process: returns (exit code, stdout, stderr)."""
+    from gridflex.cli import main
+
+    def run(*argv: str):
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
