@@ -91,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--json", type=Path, dest="json_out", help="write the result JSON here")
     pf.add_argument("--device", default="cpu", help="torch device (default cpu)")
     pf.add_argument("--max-iter", type=int, default=100, help="iteration cap (default 100)")
+
+    verify = sub.add_parser(
+        "verify",
+        help="replay a run's test days in OpenDSS and compare",
+        description="Replay the frozen-tap test-day schedules of a `gridflex run` output folder "
+        "in the OpenDSS engine (an independent oracle; needs dss-python) and report the voltage "
+        "metrics and source power from both engines side by side.",
+    )
+    verify.add_argument("run_dir", type=Path, help="output folder of gridflex run")
+    verify.add_argument("--json", type=Path, dest="json_out", help="write the report JSON here")
     return parser
 
 
@@ -147,6 +157,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "plugins": commands.cmd_plugins,
         "schema": commands.cmd_schema,
         "pf": commands.cmd_pf,
+        "verify": commands.cmd_verify,
     }[args.command]
     return handler(args)
 

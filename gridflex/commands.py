@@ -86,9 +86,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = load_scenario(args.scenario, overrides, registry)
     plan = plan_run(loaded, registry, pm)
     print(plan.describe())
-    if args.out is not None:
-        written = plan.write(args.out)
-        print(f"wrote {', '.join(str(p) for p in written)}")
+    if loaded.config.learner is None:
+        if args.out is not None:
+            written = plan.write(args.out)
+            print(f"wrote {', '.join(str(p) for p in written)}")
+        return EXIT_OK
+    from gridflex.run import default_out_dir, execute_run, results_table
+
+    out_dir = args.out or default_out_dir(loaded.config.name)
+    plan.write(out_dir)
+    documents = execute_run(loaded, registry, pm, out_dir, plan.device)
+    n_days = next(iter(documents.values()))["n_test_days"]
+    print(f"\ntest metrics over {n_days} test days (exact AC power flow):")
+    print(results_table(documents))
+    print(f"\nwrote {out_dir}/metrics.json (reference controllers in {out_dir}/baselines/)")
     return EXIT_OK
 
 
@@ -104,3 +115,9 @@ def cmd_pf(args: argparse.Namespace) -> int:
         max_iter=args.max_iter,
     )
 
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from gridflex.verify import run_verify
+
+    return run_verify(args.run_dir, args.json_out)

@@ -7,8 +7,11 @@ names). A component class documents each config field with a one-line ``descript
 
 from __future__ import annotations
 
+import abc
+from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from pydantic import BaseModel, ConfigDict
 
 
@@ -31,23 +34,115 @@ class Component:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
 
-class DeviceModel(Component):
+@dataclass
+class StepInputs:
+    """What the environment hands every fleet at one time step (``B`` days, ``N`` agents).
+
+    All tensors share one device and dtype. Per-agent quantities are those of the agent's own
+    household and node: the only information a decentralised policy may use.
+    """
+
+    t: int  # step index within the day, 0..T-1
+    dt_h: float  # step length (h)
+    hour_of_day: float  # start of the step (h)
+    temp_out_c: torch.Tensor  # [B] outdoor temperature (degC)
+    price_per_kwh: torch.Tensor  # [B] energy price (currency/kWh)
+    household_kw: torch.Tensor  # [B, N] own uncontrolled household demand (kW)
+    pv_kw: torch.Tensor  # [B, N] own rooftop PV output (kW)
+    v_prev_pu: torch.Tensor  # [B, N] own node voltage magnitude at the previous step (pu)
+
+
+class DeviceModel(Component, abc.ABC):
     """A fleet of one device type: all agents of the type as batched tensors.
 
-    Shapes: ``B`` days in a batch, ``N`` agents of this type, ``d = action_dim``. A fleet is
-    built once per scenario from its ``Config`` (parameter ranges) and a seeded generator, then
-    stepped through a day one time step at a time by the environment; every method is batched
-    over ``[B, N]`` and differentiable in torch (no per-agent Python loops).
+    Shapes: ``B`` days in a batch, ``N`` agents of this type, ``S = state_dim``,
+    ``d = action_dim``. A fleet is built once per scenario from its validated ``Config``
+    (parameter *ranges*, sampled per agent with ``generator``), then stepped through each day by
+    the environment. Every method is batched over ``[B, N]``, pure (no mutation of inputs) and
+    differentiable in torch; no per-agent Python loops.
 
-    Sign convention (DESIGN §1): ``demand`` returns power drawn from the grid (positive = load).
-    Subclasses implement ``initial_state``, ``observation``, ``action_bounds``, ``step``,
-    ``cost``, ``residuals``, ``terminal_residuals`` and ``demand``; see the built-in battery,
-    heat-pump and generator plugins.
+    Sign convention (DESIGN §1): :meth:`demand` returns power drawn from the grid
+    (positive = load; a generator's output is negative demand).
+
+    The policy output ``u in [0, 1]^d`` maps to a physical action inside the device's feasible
+    set *given its current state*: ``a = lo(s) + (hi(s) - lo(s)) * u`` with
+    :meth:`action_bounds`. The non-learning controllers call :meth:`baseline_u`.
     """
 
     kind = "device"
+    state_dim: ClassVar[int] = 1
     action_dim: ClassVar[int] = 1
+    obs_dim: ClassVar[int] = 1  # local features contributed by the device (its state, scaled)
+    residual_names: ClassVar[tuple[str, ...]] = ()  # per-step soft local residuals
+    terminal_residual_names: ClassVar[tuple[str, ...]] = ()  # end-of-day soft residuals
+    three_phase: bool = False  # set per fleet from its config
 
+    def __init__(
+        self,
+        config: StrictConfig,
+        n_agents: int,
+        generator: torch.Generator,
+        *,
+        dt_h: float,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float64,
+    ):
+        self.config = config
+        self.n_agents = n_agents
+        self.dt_h = dt_h
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    @abc.abstractmethod
+    def initial_state(self, batch: int, temp_out_c: torch.Tensor) -> torch.Tensor:
+        """State at the start of each day ``[B, N, S]`` (``temp_out_c``: [B] at step 0)."""
+
+    @abc.abstractmethod
+    def observation(self, state: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
+        """Device-specific local features ``[B, N, obs_dim]``, roughly unit-scaled."""
+
+    @abc.abstractmethod
+    def action_bounds(
+        self, state: torch.Tensor, inputs: StepInputs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """State-dependent limits ``lo, hi`` of the physical action, each ``[B, N, d]``."""
+
+    def action(self, u: torch.Tensor, state: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
+        """Physical action ``[B, N, d]`` from a policy output ``u`` in ``[0, 1]^d``."""
+        lo, hi = self.action_bounds(state, inputs)
+        return lo + (hi - lo) * u
+
+    @abc.abstractmethod
+    def step(self, state: torch.Tensor, action: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
+        """Next state ``[B, N, S]`` after applying ``action`` for one step."""
+
+    @abc.abstractmethod
+    def cost(self, state: torch.Tensor, action: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
+        """Operating cost of this step ``[B, N]`` (currency), excluding the energy bought from
+        the grid (the network pays that at the source)."""
+
+    @abc.abstractmethod
+    def residuals(
+        self, state: torch.Tensor, action: torch.Tensor, next_state: torch.Tensor, inputs: StepInputs
+    ) -> torch.Tensor:
+        """Soft local residuals of this step ``[B, N, len(residual_names)]``, >= 0, 0 if fine."""
+
+    @abc.abstractmethod
+    def terminal_residuals(self, first_state: torch.Tensor, last_state: torch.Tensor) -> torch.Tensor:
+        """End-of-day residuals ``[B, N, len(terminal_residual_names)]``, >= 0, 0 if fine."""
+
+    @abc.abstractmethod
+    def demand(self, action: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Power drawn from the grid ``p_kw, q_kvar``, each ``[B, N]`` (total over its phases)."""
+
+    @abc.abstractmethod
+    def baseline_u(
+        self, controller: str, state: torch.Tensor, inputs: StepInputs
+    ) -> torch.Tensor:
+        """Policy output ``u`` ``[B, N, d]`` of a non-learning controller.
+
+        ``controller`` is ``"no_control"``, ``"rule_based"`` or ``"droop"`` (DESIGN §1).
+        """
 
 class NetworkSolver(Component):
     """A network solver: nodal injections in, voltages, currents and source power out."""
@@ -55,10 +150,33 @@ class NetworkSolver(Component):
     kind = "solver"
 
 
-class Learner(Component):
-    """A learner or non-learning controller."""
+class Learner(Component, abc.ABC):
+    """A learner or non-learning controller.
+
+    Built as ``cls(config, env, seed=...)`` on an :class:`~gridflex.env.Environment`. It exposes
+    :meth:`act`, the decentralised controller: for fleet ``f`` at step ``t`` it maps the agents'
+    own observations ``[B, N, k]`` (and their own device state) to ``u in [0, 1]^d``; agent i's
+    output may depend on agent i's inputs only. Learners that train set ``trains = True`` and
+    implement :meth:`train`.
+    """
 
     kind = "learner"
+    trains: ClassVar[bool] = False
+    #: the controller reads ``inputs.v_prev_pu`` (a local measurement), so the environment
+    #: solves step by step even when agents do not observe their voltage
+    voltage_feedback: ClassVar[bool] = False
+
+    def __init__(self, config: StrictConfig, env, *, seed: int = 0):
+        self.config = config
+        self.env = env
+        self.seed = seed
+
+    @abc.abstractmethod
+    def act(self, fleet_index: int, t: int, obs: torch.Tensor, state: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
+        """``u`` ``[B, N, d]`` of fleet ``fleet_index``'s agents at step ``t``."""
+
+    def train(self, trainer) -> None:
+        """Train with the run's trainer (budget, validation, checkpoints); no-op by default."""
 
 
 class FeederReader(Component):

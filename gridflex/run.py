@@ -102,3 +102,99 @@ def plan_run(loaded: LoadedScenario, registry: Any, pm: Any = None) -> RunPlan:
 
 def grid_load_count(grid: Any) -> int:
     return len(grid.load_elements)
+
+
+def default_out_dir(name: str) -> Path:
+    """``runs/<scenario name>/<UTC stamp>`` under the current folder."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return Path("runs") / name / stamp
+
+
+def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, device=None, *,
+                learner_seed: int | None = None, references: bool = True, progress: bool = True,
+                resume: bool = False) -> dict:
+    """Build the world, run the scenario's learner (training if it trains, with
+    :class:`gridflex.training.Trainer`), evaluate it on the test days beside the reference
+    controllers (unless ``references=False``), write ``out_dir``; returns ``metrics.json`` per
+    controller. ``learner_seed`` (default: the scenario seed) seeds the learner only, so runs with
+    different learner seeds share one world (``gridflex compare``)."""
+    from gridflex.evaluate import evaluate, held_out_days, metrics_document, write_run_outputs
+    from gridflex.world import build_world
+
+    cfg = loaded.config
+    seed = cfg.seed if learner_seed is None else learner_seed
+    world = build_world(loaded, registry, pm, device)
+    days = held_out_days(world)
+    regulated = cfg.environment.regulated_evaluation
+    learner_cls = registry.get("learner", cfg.learner.type)
+    learner = learner_cls(loaded.component_config("learner"), world.env, seed=seed)
+    train_seconds, result, target = 0.0, None, None
+    if learner_cls.trains:
+        from gridflex.targets import read_target
+        from gridflex.training import RunInfo, Trainer
+
+        target = read_target(loaded)
+        trainer = Trainer(world, out_dir=out_dir, pm=pm, target=target, seed=seed, progress=progress,
+                          resume=resume, run_info=RunInfo(cfg.name, cfg.learner.type, seed, out_dir))
+        result = learner.train(trainer)
+        train_seconds = result.train_seconds if result is not None else 0.0
+    solves_before = world.env.power_flow_solves
+    evaluation = evaluate(world, learner.act, days, cfg.data.n_test_days, regulated,
+                          learner_cls.voltage_feedback)
+    world.env.power_flow_solves = solves_before  # evaluation solves are not training solves
+    document = metrics_document(world, cfg.learner.type, evaluation, seeds=[seed],
+                                train_seconds=train_seconds,
+                                env_gradient_evaluations=getattr(learner, "env_gradient_evaluations", 0),
+                                policy_updates=getattr(learner, "policy_updates", 0))
+    if result is not None:
+        document["time_to_target_s"] = result.time_to_target_s
+        document["target"] = target.as_dict()
+        document["validation_eval_seconds"] = result.eval_seconds
+        document["training_iterations"] = result.iterations
+        document["validation"] = result.history[-1] if result.best_index is None else result.history[result.best_index]
+    write_run_outputs(out_dir, world, document, evaluation)
+    documents = {cfg.learner.type: document}
+    for name in REFERENCE_CONTROLLERS if references else ():
+        if name == cfg.learner.type or name not in registry.names("learner"):
+            continue
+        ref_cls = registry.get("learner", name)
+        reference = ref_cls(ref_cls.Config(), world.env, seed=cfg.seed)
+        ref_eval = evaluate(world, reference.act, days, cfg.data.n_test_days, regulated,
+                            ref_cls.voltage_feedback)
+        ref_doc = metrics_document(world, name, ref_eval, seeds=[cfg.seed])
+        ref_doc["power_flow_solves"] = 0
+        write_run_outputs(out_dir / "baselines" / name, world, ref_doc, ref_eval)
+        documents[name] = ref_doc
+    return documents
+
+
+REFERENCE_CONTROLLERS = ("no_control", "rule_based", "droop")
+TABLE_METRICS = (
+    ("cost_per_day", "cost/day", "{:.1f}"),
+    ("voltage_violation_rate", "V viol.", "{:.2%}"),
+    ("undervoltage_rate", "under", "{:.2%}"),
+    ("overvoltage_rate", "over", "{:.2%}"),
+    ("voltage_violation_pu_h", "V pu.h/day", "{:.3f}"),
+    ("line_overload_rate", "I overl.", "{:.2%}"),
+    ("discomfort_degC_h", "degC.h/HP", "{:.2f}"),
+    ("losses_kwh_per_day", "losses kWh", "{:.0f}"),
+    ("peak_import_kw", "peak kW", "{:.0f}"),
+    ("pf_nonconverged", "PF fail", "{:d}"),
+)
+
+
+def results_table(documents: dict[str, dict]) -> str:
+    """Test metrics of each controller, frozen taps then regulated taps."""
+    header = ["controller", "taps"] + [label for _, label, _ in TABLE_METRICS]
+    rows = []
+    for name, doc in documents.items():
+        for taps, key in (("frozen", "test"), ("regulated", "test_regulated")):
+            metrics = doc.get(key) or {}
+            if not metrics:
+                continue
+            rows.append([name, taps] + [fmt.format(metrics[m]) for m, _, fmt in TABLE_METRICS])
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in [header] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

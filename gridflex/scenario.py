@@ -121,6 +121,49 @@ class DeviceGroupSpec(ComponentSpec):
 
     count: int = Field(ge=0, le=1_000_000, description="number of agents of this type")
     seed: int | None = Field(None, description="placement/parameter seed (default: scenario seed)")
+    nodes: list[str] | None = Field(
+        None,
+        description="explicit placement: one node ('67.2') per agent, or one bus ('67') per "
+        "agent for three-phase devices; default: seeded random households",
+    )
+
+    @model_validator(mode="after")
+    def _nodes_match_count(self) -> DeviceGroupSpec:
+        if self.nodes is not None and len(self.nodes) != self.count:
+            raise ValueError(f"nodes lists {len(self.nodes)} entries but count is {self.count}")
+        return self
+
+
+class PopulationSpec(StrictConfig):
+    """Households replacing the spot loads, and their rooftop PV (DESIGN §1)."""
+
+    households_per_kw: float = Field(
+        0.6, gt=0, le=10, description="households behind a spot load per kW of its rating"
+    )
+    peak_scale: float = Field(
+        1.0, gt=0, le=5, description="aggregate training-day peak of a spot load's households / its kW"
+    )
+    pv_share: float = Field(0.3, ge=0, le=1, description="share of households with rooftop PV")
+    pv_kwp: tuple[float, float] = Field((3.0, 8.0), description="PV size range [min, max] (kWp)")
+    seed: int | None = Field(None, description="placement seed (default: scenario seed)")
+
+    @field_validator("pv_kwp")
+    @classmethod
+    def _range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] <= value[1] <= 1000:
+            raise ValueError(f"must satisfy 0 <= min <= max <= 1000, got [{value[0]}, {value[1]}]")
+        return value
+
+
+class EnvironmentSpec(StrictConfig):
+    """What agents observe and how evaluation treats the regulators."""
+
+    observe_voltage: bool = Field(
+        False, description="agents also observe their own node's |V| at the previous step"
+    )
+    regulated_evaluation: bool = Field(
+        True, description="also evaluate with a RegControl-like tap controller (metrics test_regulated)"
+    )
 
 
 class Scenario(StrictConfig):
@@ -138,7 +181,9 @@ class Scenario(StrictConfig):
     solver: ComponentSpec = Field(
         default_factory=lambda: ComponentSpec(type="ac3ph"), description="network solver"
     )
+    population: PopulationSpec = Field(default_factory=PopulationSpec)
     devices: list[DeviceGroupSpec] = Field(default_factory=list, description="agent groups")
+    environment: EnvironmentSpec = Field(default_factory=EnvironmentSpec)
     learner: ComponentSpec | None = Field(None, description="learner or controller")
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     target: TargetSpec = Field(default_factory=TargetSpec)

@@ -137,7 +137,11 @@ class EngineCase:
 
     # ------------------------------------------------------------------ Grid assembly
     def grid(self, name: str = "engine") -> Grid:
-        """A :class:`Grid` assembled from the engine's element primitives (see module docstring)."""
+        """A :class:`Grid` assembled from the engine's element primitives (see module docstring).
+
+        Loads enter at their nominal kW/kvar (as compiled), whatever scale the last solve used.
+        """
+        self.set_load_scale(None)
         c = self.circuit
         n = len(self.node_names)
         y_si = np.zeros((n, n), dtype=complex)

@@ -27,8 +27,10 @@ class SolveOptions:
     tol_pu: float = 1e-9
     max_iter: int = 100
     anderson_m: int = 5
-    adjoint_tol: float = 1e-10  # relative to max|g_bar| per sample
+    anderson_start: int = 8  # plain iterations before Anderson (most samples converge by then)
+    adjoint_tol: float = 1e-8  # relative to max|g_bar| per sample
     adjoint_max_iter: int = 200
+    chunk_rows: int | None = None  # solve in row chunks of this size (cache-sized on CPUs)
 
 
 @dataclass
@@ -85,7 +87,8 @@ class ZBusFixedPoint(torch.autograd.Function):
                 v0: torch.Tensor | None, batch: int, report: AdjointReport | None):
         c = zbus.injection_coefficients(net, batch, load_scale, _device_power(p_pu, q_pu))
         fp = zbus.solve_fixed_point(net, c, v0, tol=options.tol_pu, max_iter=options.max_iter,
-                                    memory=options.anderson_m)
+                                    memory=options.anderson_m, start=options.anderson_start,
+                                    chunk_rows=options.chunk_rows)
         ctx.net, ctx.options, ctx.batch, ctx.report = net, options, batch, report
         ctx.has = (p_pu is not None, q_pu is not None, load_scale is not None)
         ctx.save_for_backward(fp.x, fp.converged, p_pu, q_pu, load_scale)
@@ -99,8 +102,11 @@ class ZBusFixedPoint(torch.autograd.Function):
         p_pu, q_pu, load_scale = (t if has else None for t, has in zip((p_pu, q_pu, load_scale), ctx.has))
         g_bar = complex_unstack(grad_x) * converged.unsqueeze(-1)
         c = zbus.injection_coefficients(net, ctx.batch, load_scale, _device_power(p_pu, q_pu))
-        adjoint = zbus.solve_adjoint(net, v, c, g_bar, tol=options.adjoint_tol,
-                                     max_iter=options.adjoint_max_iter, memory=options.anderson_m)
+        # a relative tolerance below ~100 ulp is unreachable (float32: 1e-5)
+        adjoint_tol = max(options.adjoint_tol, 100 * torch.finfo(net.dtype).eps)
+        adjoint = zbus.solve_adjoint(net, v, c, g_bar, tol=adjoint_tol,
+                                     max_iter=options.adjoint_max_iter, memory=options.anderson_m,
+                                     start=options.anderson_start, chunk_rows=options.chunk_rows)
         _check_adjoint(adjoint, ctx.report, converged)
         mu = adjoint.x @ net.z_ii_conj  # cotangent of the injected currents
 

@@ -98,7 +98,7 @@ def branch_current_derivatives(
 
 def constant_power_current(v: torch.Tensor, s_pu: torch.Tensor) -> torch.Tensor:
     """Current drawn by constant-power consumption s at node voltage v: conj(s / v) (pu)."""
-    return (s_pu / v).conj()
+    return torch.conj_physical(s_pu / v)
 
 
 def constant_power_b(v: torch.Tensor, s_pu: torch.Tensor) -> torch.Tensor:

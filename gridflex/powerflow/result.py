@@ -7,7 +7,7 @@ iteration-node voltages with ordinary torch operations (so autograd reaches them
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,8 +28,6 @@ class PowerFlowResult:
     """
 
     v_pu: torch.Tensor  # complex [..., n]
-    branch_currents_a: torch.Tensor  # complex [..., T]: into each branch at each terminal conductor
-    branch_slices: dict[str, slice]  # branch name -> slice of the last dim of branch_currents_a
     source_power_kw: torch.Tensor  # [...]
     source_power_kvar: torch.Tensor
     load_power_kw: torch.Tensor
@@ -43,6 +41,26 @@ class PowerFlowResult:
     residual_pu: torch.Tensor  # [...]: max |G(v) - v| at the last iteration (inf if diverged)
     node_names: list[str]
     v_base_v: torch.Tensor  # [n]
+    network: zbus.ZBusNetwork = field(repr=False)
+    _branch_currents: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    @property
+    def branch_currents_a(self) -> torch.Tensor:
+        """Complex currents into each branch at each terminal conductor, A [..., T].
+
+        Computed on first access (about as costly as the solve itself on large batches) and
+        differentiable; :attr:`branch_slices` maps branch names to slices of the last dim.
+        """
+        if self._branch_currents is None:
+            shape = self.v_pu.shape[:-1]
+            flat = zbus.terminal_currents_a(self.network, self.v_pu.reshape(-1, self.v_pu.shape[-1]))
+            self._branch_currents = flat.reshape(tuple(shape) + (flat.shape[-1],))
+        return self._branch_currents
+
+    @property
+    def branch_slices(self) -> dict[str, slice]:
+        """Branch name -> slice of the last dim of :attr:`branch_currents_a` (terminal 1, then 2)."""
+        return self.network.branch_slices
 
     @property
     def vm_pu(self) -> torch.Tensor:
@@ -107,6 +125,8 @@ def solve_power_flow(
     x, converged, iterations, residual = ZBusFixedPoint.apply(
         p_pu, q_pu, scale, net, options, v0, batch, adjoint_report)
     v_iter = complex_unstack(x)
+    # non-converged samples pass no gradient at all (the adjoint already zeroes their own path)
+    scale, p_pu, q_pu = (_detach_rows(t, converged) for t in (scale, p_pu, q_pu))
     c = zbus.injection_coefficients(net, batch, scale, _device(p_pu, q_pu))
     i_iter = zbus.injection_currents(net, v_iter, c)
     v_all = torch.addmm(net.w_all.expand(batch, -1), i_iter, net.z_ni_t)
@@ -123,14 +143,12 @@ def solve_power_flow(
 
     return PowerFlowResult(
         v_pu=out(v_all),
-        branch_currents_a=out(zbus.terminal_currents_a(net, v_all)),
-        branch_slices=net.branch_slices,
         source_power_kw=out(source.real), source_power_kvar=out(source.imag),
         load_power_kw=out(load.real), load_power_kvar=out(load.imag),
         device_power_kw=out(device.real), device_power_kvar=out(device.imag),
         losses_kw=out(losses.real), losses_kvar=out(losses.imag),
         converged=out(converged), iterations=out(iterations), residual_pu=out(residual),
-        node_names=net.node_names, v_base_v=net.v_base_v,
+        node_names=net.node_names, v_base_v=net.v_base_v, network=net,
     )
 
 
@@ -140,3 +158,9 @@ def _device(p_pu: torch.Tensor | None, q_pu: torch.Tensor | None) -> torch.Tenso
     p_pu = torch.zeros_like(q_pu) if p_pu is None else p_pu
     q_pu = torch.zeros_like(p_pu) if q_pu is None else q_pu
     return torch.complex(p_pu, q_pu)
+
+
+def _detach_rows(t: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:
+    if t is None or not t.requires_grad:
+        return t
+    return torch.where(keep.unsqueeze(-1), t, t.detach())

@@ -73,6 +73,7 @@ class ZBusNetwork:
     g_a: torch.Tensor  # long [n_G]: node a (position in iter_nodes)
     g_b: torch.Tensor  # long [n_G]: node b (position in iter_nodes; = g_a where b is ground)
     g_has_b: torch.Tensor  # real [n_G]: 1 where b is a node, 0 where b is ground
+    local_idx: torch.Tensor  # long [n_Z + n_C + 2 n_G]: z_cols, i_cols, g_a, g_b (one gather/scatter)
     g_load: torch.Tensor  # long [n_G]: load element index
     g_p_pu: torch.Tensor  # real [n_G] nominal consumption
     g_q_pu: torch.Tensor
@@ -191,6 +192,9 @@ def build_network(
         g_a=long(loads["g_a"]),
         g_b=long(np.where(loads["g_b"] < len(iter_nodes), loads["g_b"], loads["g_a"])),
         g_has_b=real(loads["g_b"] < len(iter_nodes)),
+        local_idx=long(np.concatenate([
+            loads["z_cols"], loads["i_cols"], loads["g_a"],
+            np.where(loads["g_b"] < len(iter_nodes), loads["g_b"], loads["g_a"])])),
         g_load=long(loads["g_load"]),
         g_p_pu=real(loads["g_p"]),
         g_q_pu=real(loads["g_q"]),
@@ -334,12 +338,12 @@ def injection_coefficients(
     return Injections(s_pq, y_z, k_i, p_g, q_g)
 
 
-def _general_factors(net: ZBusNetwork, u: torch.Tensor, rows_rule: bool = True):
+def _general_factors(net: ZBusNetwork, u: torch.Tensor):
     """(f_p, f_q, df_p, df_q) of the general branches at branch voltages u [B, n_G]."""
     r = u.abs() / net.g_v_nom_pu
     f_p, df_p = lm.power_law_factor(r, net.g_exp_p)
     f_q, df_q = lm.power_law_factor(r, net.g_exp_q)
-    if net.vlimits_rule and rows_rule and bool(net.g_rule.any()):
+    if net.vlimits_rule and bool(net.g_rule.any()):
         fr_p, dfr_p = lm.vlimits_factor(r, net.g_exp_p, net.g_vmin_pu, net.g_vmax_pu, net.g_const_i)
         fr_q, dfr_q = lm.vlimits_factor(r, net.g_exp_q, net.g_vmin_pu, net.g_vmax_pu, net.g_const_i)
         f_p, df_p = torch.where(net.g_rule, fr_p, f_p), torch.where(net.g_rule, dfr_p, df_p)
@@ -356,22 +360,29 @@ def general_branch_voltages(net: ZBusNetwork, v: torch.Tensor) -> torch.Tensor:
     return v[:, net.g_a] - v[:, net.g_b] * net.g_has_b
 
 
-def _scatter_branches(net: ZBusNetwork, node: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-    """node + (branch at a) - (branch at b): a branch quantity summed onto its two end nodes."""
-    return node.index_add(1, net.g_a, branch).index_add(1, net.g_b, -branch * net.g_has_b)
+def _split_local(net: ZBusNetwork, gathered: torch.Tensor):
+    """Split a gather over ``local_idx`` into its (z, i, a, b) column groups (views)."""
+    n_z, n_c, n_g = net.z_cols.numel(), net.i_cols.numel(), net.g_a.numel()
+    return torch.split(gathered, [n_z, n_c, n_g, n_g], dim=1)
 
 
 def drawn_currents(net: ZBusNetwork, v: torch.Tensor, c: Injections) -> torch.Tensor:
-    """Current drawn at each iteration node by loads and devices, pu [B, n_I] (differentiable)."""
+    """Current drawn at each iteration node by loads and devices, pu [B, n_I] (differentiable).
+
+    Constant power everywhere, then the few voltage-dependent and node-to-node terms through one
+    gather and one in-place scatter (``local_idx``): on a GPU, kernel count is what costs here.
+    """
     drawn = lm.constant_power_current(v, c.s_pq)
-    if net.z_cols.numel():
-        drawn = drawn.index_add(1, net.z_cols, c.y_z * v[:, net.z_cols])
-    if net.i_cols.numel():
-        drawn = drawn.index_add(1, net.i_cols, lm.constant_current_current(v[:, net.i_cols], c.k_i))
+    if net.local_idx.numel() == 0:
+        return drawn
+    v_z, v_c, v_a, v_b = _split_local(net, v[:, net.local_idx])
+    parts = [c.y_z * v_z, lm.constant_current_current(v_c, c.k_i)]
     if net.g_a.numel():
-        u = general_branch_voltages(net, v)
+        u = v_a - v_b * net.g_has_b
         f_p, f_q, _, _ = _general_factors(net, u)
-        drawn = _scatter_branches(net, drawn, lm.branch_current(u, c.p_g, c.q_g, f_p, f_q))
+        i_branch = lm.branch_current(u, c.p_g, c.q_g, f_p, f_q)
+        parts += [i_branch, -i_branch * net.g_has_b]
+    drawn.index_add_(1, net.local_idx, torch.cat(parts, dim=1))
     return drawn
 
 
@@ -428,6 +439,7 @@ def anderson_fixed_point(
     tol: float,
     max_iter: int,
     memory: int = 5,
+    start: int = 8,
     scale: torch.Tensor | None = None,
     divergence: float = 1e3,
     regularization: float = 1e-10,
@@ -437,8 +449,10 @@ def anderson_fixed_point(
     ``params`` are per-row tensors (leading dim B) handed to ``step`` restricted to the rows still
     iterating. A row converges when max|step(x) - x| <= tol * scale (scale [B], default 1); a row
     whose residual is non-finite or exceeds ``divergence`` stops and is reported non-converged.
-    ``memory = 0`` is the plain (Picard) iteration. Non-converged rows return their last finite
-    iterate, else ``x0``: never NaN.
+    The first ``start - 1`` iterations are plain (Picard): most rows converge there and Anderson's
+    bookkeeping (~3x the memory traffic of a plain step) is paid only by the slow tail.
+    ``memory = 0`` is plain throughout. Non-converged rows return their last finite iterate,
+    else ``x0``: never NaN.
     """
     batch = x0.shape[0]
     device = x0.device
@@ -448,66 +462,81 @@ def anderson_fixed_point(
     residual = torch.full((batch,), float("inf"), dtype=x0.real.dtype, device=device)
     if batch == 0:
         return FixedPointResult(x_out, converged, iterations, residual)
-    tol_rows = torch.full((batch,), tol, dtype=residual.dtype, device=device)
-    if scale is not None:
-        tol_rows = tol * scale
+    tol_rows = tol if scale is None else tol * scale
+    start = max(int(start), 1)
 
     rows = torch.arange(batch, device=device)  # global index of each working row
     x, x0_work = x0, x0
     d_f = d_g = f_prev = g_prev = None
+    n_hist = 0
     for k in range(1, max_iter + 1):
         g = step(x, params)
         f = g - x
-        res = torch.view_as_real(f).abs().amax((-2, -1))  # max over nodes of max(|Re|, |Im|)
+        res = torch.linalg.vector_norm(f, ord=float("inf"), dim=-1)
         done = res <= tol_rows
         bad = ~torch.isfinite(res) | (res > divergence)
-        last = k == max_iter
-        finished = done | bad | last
+        finished = done | bad if k < max_iter else torch.ones_like(done)
         if bool(finished.any()):
-            good = finished & ~bad
-            keep_x = torch.where(bad.unsqueeze(-1), torch.where(torch.isfinite(x).all(-1, keepdim=True), x, x0_work), g)
-            x_out[rows[finished]] = keep_x[finished]
-            converged[rows[done & ~bad]] = True
-            iterations[rows[done & ~bad]] = k
-            residual[rows[finished]] = torch.where(good, res, residual.new_tensor(float("inf")))[finished]
-            if last:
-                break
+            ok = done & ~bad
+            fallback = torch.where(torch.isfinite(x).all(-1, keepdim=True), x, x0_work)
+            x_out[rows[finished]] = torch.where(bad.unsqueeze(-1), fallback, g)[finished]
+            converged[rows[ok]] = True
+            iterations[rows[ok]] = k
+            residual[rows[finished]] = torch.where(bad, torch.full_like(res, float("inf")), res)[finished]
             live = ~finished
             if not bool(live.any()):
                 break
-            rows, tol_rows = rows[live], tol_rows[live]
-            x, g, f, x0_work = x[live], g[live], f[live], x0_work[live]
+            rows, x, g, f, x0_work = rows[live], x[live], g[live], f[live], x0_work[live]
+            if scale is not None:
+                tol_rows = tol_rows[live]
             params = tuple(p[live] for p in params)
+            if f_prev is not None:
+                f_prev, g_prev = f_prev[live], g_prev[live]
             if d_f is not None:
-                d_f, d_g, f_prev, g_prev = d_f[live], d_g[live], f_prev[live], g_prev[live]
-        if memory == 0:
+                d_f, d_g = d_f[live], d_g[live]
+        if memory == 0 or k < start - 1:
             x = g
             continue
-        if d_f is None:
-            d_f = x.new_zeros((x.shape[0], memory, x.shape[1]))
-            d_g = torch.zeros_like(d_f)
-        else:
-            slot = (k - 2) % memory
+        if f_prev is not None:
+            if d_f is None:
+                d_f = x.new_zeros((x.shape[0], memory, x.shape[1]))
+                d_g = torch.zeros_like(d_f)
+            slot = n_hist % memory
             d_f[:, slot] = f - f_prev
             d_g[:, slot] = g - g_prev
+            n_hist += 1
         f_prev, g_prev = f, g
-        if k == 1:
-            x = g
-            continue
-        d_f_r = _as_real_rows(d_f)  # [b, m, 2d]
-        gram = d_f_r @ d_f_r.transpose(1, 2)
-        rhs = (d_f_r @ _as_real_rows(f).unsqueeze(-1)).squeeze(-1)
-        diag = gram.diagonal(dim1=1, dim2=2)
-        ridge = regularization * diag.amax(-1, keepdim=True) + torch.finfo(diag.dtype).tiny
-        gram = gram + torch.diag_embed(ridge.expand_as(diag))
-        gamma = _solve_spd_small(gram, rhs)
-        x = g - torch.einsum("bm,bmd->bd", gamma.to(g.dtype), d_g)
+        x = g if d_f is None else _anderson_update(f, g, d_f, d_g, regularization)
     return FixedPointResult(x_out, converged, iterations, residual)
+
+
+def _anderson_update(f, g, d_f, d_g, regularization: float) -> torch.Tensor:
+    """x = g - dG gamma with gamma = argmin ||f - dF gamma|| over real gamma (type-II Anderson).
+
+    Real coefficients on the real-stacked residuals: the map is not holomorphic, so complex
+    coefficients would mix in directions (j dF) that are no secants of it.
+    """
+    d_f_r = _as_real_rows(d_f)  # [b, m, 2d]
+    gram = d_f_r @ d_f_r.transpose(1, 2)
+    rhs = (d_f_r @ _as_real_rows(f).unsqueeze(-1)).squeeze(-1)
+    diag = gram.diagonal(dim1=1, dim2=2)
+    ridge = regularization * diag.amax(-1, keepdim=True) + torch.finfo(diag.dtype).tiny
+    gamma = _solve_spd_small(gram + torch.diag_embed(ridge.expand_as(diag)), rhs)
+    return g - torch.einsum("bm,bmd->bd", gamma.to(g.dtype), d_g)
 
 
 # ----------------------------------------------------------------------------------------------
 # Forward solve and the adjoint
 # ----------------------------------------------------------------------------------------------
+
+
+def _chunked(solve_rows: Callable[[slice], FixedPointResult], batch: int, chunk_rows: int | None) -> FixedPointResult:
+    """Run ``solve_rows`` on row chunks and concatenate (cache-sized chunks pay on CPUs)."""
+    if not chunk_rows or batch <= chunk_rows:
+        return solve_rows(slice(0, batch))
+    parts = [solve_rows(slice(k, min(k + chunk_rows, batch))) for k in range(0, batch, chunk_rows)]
+    return FixedPointResult(*(torch.cat(fields) for fields in zip(*(
+        (p.x, p.converged, p.iterations, p.residual) for p in parts))))
 
 
 def solve_fixed_point(
@@ -518,47 +547,54 @@ def solve_fixed_point(
     tol: float = 1e-9,
     max_iter: int = 100,
     memory: int = 5,
+    start: int = 8,
+    chunk_rows: int | None = None,
 ) -> FixedPointResult:
     """Voltages at the iteration nodes, v = G(v), for every row of ``c`` (no autograd)."""
     batch = c.s_pq.shape[0]
-    x0 = net.w_i.expand(batch, -1).clone() if v0 is None else v0.to(net.w_i.dtype).clone()
+    x0 = net.w_i.expand(batch, -1) if v0 is None else v0.to(net.w_i.dtype)
 
     def step(v, p):
         return fixed_point_map(net, v, Injections(*p))
 
+    def solve_rows(rows: slice) -> FixedPointResult:
+        return anderson_fixed_point(step, x0[rows].clone(), tuple(f[rows] for f in c.fields()), tol=tol,
+                                    max_iter=max_iter, memory=memory, start=start)
+
     with torch.no_grad():
-        return anderson_fixed_point(step, x0, c.fields(), tol=tol, max_iter=max_iter, memory=memory)
+        return _chunked(solve_rows, batch, chunk_rows)
 
 
 @dataclass
 class LocalJacobian:
     """Wirtinger derivatives of the drawn currents at a solution (rows = batch).
 
-    Node terms: d(drawn_n) = a_n dv_n + b_n dconj(v_n); general branches: d(I_g) = a_g du_g +
-    b_g dconj(u_g).
+    d(drawn_n) = B_n dconj(v_n) (constant power, every node) + A_n dv_n + B_n' dconj(v_n) at the
+    constant-Z/-|I| columns ``zi_cols``; general branches: d(I_g) = a_g du_g + b_g dconj(u_g).
     """
 
-    a_node: torch.Tensor  # complex [B, n_I]
-    b_node: torch.Tensor
+    b_node: torch.Tensor  # complex [B, n_I]
+    a_zi: torch.Tensor  # complex [B, n_Z + n_C]
+    b_zi: torch.Tensor
     a_gen: torch.Tensor  # complex [B, n_G]
     b_gen: torch.Tensor
 
+    def fields(self) -> tuple[torch.Tensor, ...]:
+        return (self.b_node, self.a_zi, self.b_zi, self.a_gen, self.b_gen)
+
 
 def local_jacobian(net: ZBusNetwork, v: torch.Tensor, c: Injections) -> LocalJacobian:
-    a_node = torch.zeros_like(v)
     b_node = lm.constant_power_b(v, c.s_pq)
-    if net.z_cols.numel():
-        a_node = a_node.index_add(1, net.z_cols, c.y_z)
-    if net.i_cols.numel():
-        a_i, b_i = lm.constant_current_derivatives(v[:, net.i_cols], c.k_i)
-        a_node, b_node = a_node.index_add(1, net.i_cols, a_i), b_node.index_add(1, net.i_cols, b_i)
+    a_i, b_i = lm.constant_current_derivatives(v[:, net.i_cols], c.k_i)
+    a_zi = torch.cat([c.y_z, a_i], dim=1)
+    b_zi = torch.cat([torch.zeros_like(c.y_z), b_i], dim=1)
     if net.g_a.numel() == 0:
         empty = v.new_zeros((v.shape[0], 0))
-        return LocalJacobian(a_node, b_node, empty, empty)
+        return LocalJacobian(b_node, a_zi, b_zi, empty, empty)
     u = general_branch_voltages(net, v)
     f_p, f_q, df_p, df_q = _general_factors(net, u)
     a_gen, b_gen = lm.branch_current_derivatives(u, net.g_v_nom_pu, c.p_g, c.q_g, f_p, f_q, df_p, df_q)
-    return LocalJacobian(a_node, b_node, a_gen, b_gen)
+    return LocalJacobian(b_node, a_zi, b_zi, a_gen, b_gen)
 
 
 def adjoint_step(net: ZBusNetwork, lam: torch.Tensor, g_bar: torch.Tensor, jac: LocalJacobian) -> torch.Tensor:
@@ -568,13 +604,19 @@ def adjoint_step(net: ZBusNetwork, lam: torch.Tensor, g_bar: torch.Tensor, jac: 
     d(drawn) = A dv + B dconj(v) the cotangent of v is -(conj(A) mu + B conj(mu)).
     """
     mu = lam @ net.z_ii_conj
-    mu_conj = mu.conj()
-    grad_v = -(jac.a_node.conj() * mu + jac.b_node * mu_conj)
+    out = torch.addcmul(g_bar, jac.b_node, mu.conj(), value=-1)
+    if net.local_idx.numel() == 0:
+        return out
+    gathered = mu[:, net.local_idx]
+    n_zi = net.z_cols.numel() + net.i_cols.numel()
+    mu_zi, (_, _, mu_a, mu_b) = gathered[:, :n_zi], _split_local(net, gathered)
+    parts = [-(jac.a_zi.conj() * mu_zi + jac.b_zi * mu_zi.conj())]
     if jac.a_gen.shape[1]:
-        g_branch = general_branch_voltages(net, mu)  # cotangent of I_g: drawn_a += I_g, drawn_b -= I_g
+        g_branch = mu_a - mu_b * net.g_has_b  # minus the cotangent of I_g (drawn_a += I_g, drawn_b -= I_g)
         g_u = -(jac.a_gen.conj() * g_branch + jac.b_gen * g_branch.conj())
-        grad_v = _scatter_branches(net, grad_v, g_u)
-    return g_bar + grad_v
+        parts += [g_u, -g_u * net.g_has_b]
+    out.index_add_(1, net.local_idx, torch.cat(parts, dim=1))
+    return out
 
 
 def solve_adjoint(
@@ -586,6 +628,8 @@ def solve_adjoint(
     tol: float = 1e-10,
     max_iter: int = 200,
     memory: int = 5,
+    start: int = 8,
+    chunk_rows: int | None = None,
 ) -> FixedPointResult:
     """lambda = g_bar + G_x^T lambda at the solution v (complex cotangents, [B, n_I]).
 
@@ -598,10 +642,14 @@ def solve_adjoint(
         g_bar_rows, *fields = p
         return adjoint_step(net, lam, g_bar_rows, LocalJacobian(*fields))
 
+    def solve_rows(rows: slice) -> FixedPointResult:
+        params = tuple(t[rows] for t in (g_bar, *jac.fields()))
+        return anderson_fixed_point(step, g_bar[rows].clone(), params, tol=tol, max_iter=max_iter,
+                                    memory=memory, start=start, scale=scale[rows],
+                                    divergence=float("inf"))
+
     with torch.no_grad():
-        params = (g_bar, jac.a_node, jac.b_node, jac.a_gen, jac.b_gen)
-        return anderson_fixed_point(step, g_bar.clone(), params, tol=tol, max_iter=max_iter,
-                                    memory=memory, scale=scale, divergence=float("inf"))
+        return _chunked(solve_rows, g_bar.shape[0], chunk_rows)
 
 
 def node_voltages(net: ZBusNetwork, v_iter: torch.Tensor, c: Injections) -> torch.Tensor:
@@ -613,20 +661,14 @@ def node_voltages(net: ZBusNetwork, v_iter: torch.Tensor, c: Injections) -> torc
 def terminal_currents_a(net: ZBusNetwork, v_all_pu: torch.Tensor) -> torch.Tensor:
     """Currents into every branch at every terminal conductor, A [B, T], Grid branch order.
 
-    I = Yprim @ V_terminals per branch, as c broadcast multiply-adds per group of branches with c
-    conductors (far cheaper than a batched matmul over thousands of tiny matrices).
+    I = Yprim @ V_terminals per branch: one batched product per group of branches with the same
+    conductor count, with the batch as the long matrix dimension (node-major layout).
     """
-    v_si = _with_ground(v_all_pu * net.v_base_v)
-    parts = []
-    for group in net.branch_groups:
-        v_t = v_si[:, group.nodes]  # [B, k, c]
-        current = v_t[:, :, :1] * group.yprim_si[:, :, 0]
-        for j in range(1, v_t.shape[-1]):
-            current = current + v_t[:, :, j : j + 1] * group.yprim_si[:, :, j]
-        parts.append(current.flatten(1))
+    v_t = _with_ground(v_all_pu * net.v_base_v).T  # [n + 1, B]
+    parts = [torch.bmm(group.yprim_si, v_t[group.nodes]).flatten(0, 1) for group in net.branch_groups]
     if not parts:
-        return v_si.new_zeros((v_si.shape[0], 0))
-    return torch.cat(parts, dim=1)[:, net.branch_perm]
+        return v_all_pu.new_zeros((v_all_pu.shape[0], 0))
+    return torch.cat(parts, dim=0)[net.branch_perm].T
 
 
 def source_power_pu(net: ZBusNetwork, v_all_pu: torch.Tensor) -> torch.Tensor:

@@ -29,10 +29,12 @@ class AC3PhSolver(NetworkSolver):
         tol_pu: float = Field(1e-8, gt=0, description="convergence tolerance: max |v_k+1 - v_k| over injection nodes (pu)")
         max_iter: int = Field(100, ge=1, description="iteration cap per sample; samples beyond it are reported non-converged")
         anderson_m: int = Field(5, ge=0, le=20, description="Anderson acceleration memory (0 = plain Z-bus iteration)")
+        anderson_start: int = Field(8, ge=1, description="plain iterations before Anderson starts (only slow samples pay for it)")
         dtype: Literal["float64", "float32"] = Field("float64", description="real precision; float32 is not accurate for currents through switches")
         vlimits_rule: bool = Field(False, description="OpenDSS Vminpu/Vmaxpu rule: loads outside their limits become impedances (a gradient kink)")
-        adjoint_tol: float = Field(1e-10, gt=0, description="adjoint convergence tolerance, relative to the upstream gradient's max")
+        adjoint_tol: float = Field(1e-8, gt=0, description="adjoint convergence tolerance, relative to the upstream gradient's max")
         adjoint_max_iter: int = Field(200, ge=1, description="iteration cap of the adjoint fixed point")
+        chunk_rows: int | None = Field(None, ge=1, description="solve in row chunks of this size; None = 2048 on CPU (cache-sized), unchunked on GPU")
 
     def __init__(
         self,
@@ -50,7 +52,9 @@ class AC3PhSolver(NetworkSolver):
                                      dtype=self.dtype, device=self.device)
         self.options = SolveOptions(
             tol_pu=self.config.tol_pu, max_iter=self.config.max_iter, anderson_m=self.config.anderson_m,
+            anderson_start=self.config.anderson_start,
             adjoint_tol=self.config.adjoint_tol, adjoint_max_iter=self.config.adjoint_max_iter,
+            chunk_rows=self.config.chunk_rows or (2048 if self.device.type == "cpu" else None),
         )
         self.adjoint_report = AdjointReport()
 

@@ -1,0 +1,168 @@
+"""Power-flow throughput on IEEE 123: the OpenDSS engine in a loop vs gridflex ``ac3ph``.
+
+Snapshots are independent random per-load factors in U(0.5, 1.3). Both engines solve to 1e-8 pu.
+Prints one table; not a test. Examples::
+
+    python bench/pf_throughput.py                         # CPU, float64, B = 1,000 and 10,000
+    python bench/pf_throughput.py --device cuda --batch 1000 10000 100000
+
+Rows: ``opendss`` (the engine, one snapshot at a time, single-threaded; it starts each solve from
+the previous snapshot's voltages, its default), ``fwd`` (gridflex forward, cold start from the
+no-load voltages), ``fwd+bwd`` (forward and the implicit backward of a scalar loss of all |V| and
+the source power w.r.t. every load factor), ``fwd warm`` (warm start from the solution of a
+snapshot 2% away, as in a time series).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+FEEDER = REPO / "scenarios" / "feeders" / "ieee123" / "IEEE123Master.dss"
+
+
+def load_grid(path: Path, taps: str):
+    """The project's Grid from the feeder cache (no engine needed) or, failing that, the engine's."""
+    try:
+        from gridflex.feeder_cache import load_feeder
+        from gridflex.grid_build import build_grid
+
+        return build_grid(load_feeder(path, taps=taps)), "gridflex.feeder_cache"
+    except ImportError:
+        from opendss_oracle import grid_from_engine
+
+        return grid_from_engine(path), "opendss_oracle"
+
+
+def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
+    """Best wall time of ``repeats`` calls (after one warm-up call) and the last result."""
+    out = fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def opendss_rate(path: Path, scales: np.ndarray, tol: float) -> tuple[float, float] | None:
+    """Solves/s and mean iterations of the engine looping over snapshots, or None without it."""
+    try:
+        from opendss_oracle import EngineCase
+    except ImportError:
+        return None
+    try:
+        case = EngineCase(path, tolerance=tol)
+    except ImportError:
+        return None
+    iterations = []
+    start = time.perf_counter()
+    for row in scales:
+        case.set_load_scale(row)
+        case.circuit.Solution.Solve()
+        iterations.append(case.circuit.Solution.Iterations)
+    return len(scales) / (time.perf_counter() - start), float(np.mean(iterations))
+
+
+def histogram(iterations: torch.Tensor) -> str:
+    counts = np.bincount(iterations.cpu().numpy().ravel())
+    return " ".join(f"{k}:{c}" for k, c in enumerate(counts) if c)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1000, 10000], help="batch sizes")
+    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    parser.add_argument("--tol", type=float, default=1e-8, help="convergence tolerance (pu)")
+    parser.add_argument("--anderson-m", type=int, default=5)
+    parser.add_argument("--chunk-rows", type=int, default=None, help="row chunk (default: 2048 on CPU)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--engine-solves", type=int, default=1000, help="snapshots for the OpenDSS loop")
+    parser.add_argument("--feeder", type=Path, default=FEEDER)
+    parser.add_argument("--taps", default="opendss", help="feeder taps mode (file or opendss)")
+    parser.add_argument("--profile", action="store_true", help="print the top kernels of one fwd+bwd at the last batch")
+    args = parser.parse_args(argv)
+
+    # the numerics directly (the plugin adds pydantic, which the GPU machine's image lacks)
+    from gridflex.powerflow import AdjointReport, SolveOptions, build_network, solve_power_flow
+
+    device = torch.device(args.device)
+    grid, source = load_grid(args.feeder, args.taps)
+    dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
+    network = build_network(grid, dtype=dtype, device=device)
+    options = SolveOptions(tol_pu=args.tol, anderson_m=args.anderson_m,
+                           chunk_rows=args.chunk_rows or (2048 if device.type == "cpu" else None))
+    adjoint = AdjointReport()
+
+    def solve(load_scale, warm_start=None):
+        return solve_power_flow(network, load_scale, warm_start=warm_start, options=options,
+                                adjoint_report=adjoint)
+
+    rng = np.random.default_rng(0)
+    n_loads = len(grid.load_elements)
+    print(f"feeder {args.feeder.name} ({grid.n_nodes} nodes, {network.n_iter} iterated, grid from {source}); "
+          f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}); "
+          f"{args.dtype}; tol {args.tol:g} pu; anderson m={args.anderson_m}")
+    print(f"{'engine':10s} {'B':>8s} {'solves/s':>12s} {'mean it':>8s}  iteration histogram")
+
+    engine = opendss_rate(args.feeder, rng.uniform(0.5, 1.3, (args.engine_solves, n_loads)), args.tol)
+    if engine is None:
+        print(f"{'opendss':10s} {'-':>8s} {'skipped':>12s}           (the OpenDSS engine is not installed here)")
+    else:
+        print(f"{'opendss':10s} {args.engine_solves:8d} {engine[0]:12,.0f} {engine[1]:8.2f}  (single-threaded loop)")
+
+    for batch in args.batch:
+        scales = torch.as_tensor(rng.uniform(0.5, 1.3, (batch, n_loads)), dtype=dtype, device=device)
+
+        def forward(s=scales, warm=None):
+            with torch.no_grad():
+                return solve(s, warm)
+
+        def forward_backward(s=scales):
+            s = s.clone().requires_grad_()
+            result = solve(s)
+            (result.vm_pu.sum() + result.source_power_kw.sum() / 1e3).backward()
+            return result
+
+        seconds, result = timed(forward, device, args.repeats)
+        print(f"{'fwd':10s} {batch:8d} {batch / seconds:12,.0f} {result.iterations.double().mean():8.2f}  "
+              f"{histogram(result.iterations)}  (non-converged {result.n_nonconverged})")
+        seconds, _ = timed(forward_backward, device, args.repeats)
+        print(f"{'fwd+bwd':10s} {batch:8d} {batch / seconds:12,.0f} {'':8s}  adjoint it max "
+              f"{int(adjoint.iterations.max())}, residual max {float(adjoint.residual.max()):.1e}")
+        previous = forward(scales * (1 + 0.02 * torch.randn_like(scales)))
+        seconds, result = timed(lambda: forward(scales, previous), device, args.repeats)
+        print(f"{'fwd warm':10s} {batch:8d} {batch / seconds:12,.0f} {result.iterations.double().mean():8.2f}  "
+              f"{histogram(result.iterations)}")
+        if args.profile and batch == args.batch[-1]:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with profile(activities=activities) as prof:
+                forward_backward()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+            key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            print(prof.key_averages().table(sort_by=key, row_limit=18))
+        del scales, result, previous
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""The absolute training target of a scenario and its sidecar file (DESIGN §3, protocol).
+
+Target: validation ``voltage_violation_rate`` (frozen taps, evaluation limits ``v_limits_pu``)
+``<= v*`` **and** validation ``cost_per_day <= C_ref + x (C_no_control - C_ref)``, with
+``v* = target.max_violation_rate`` and ``x = target.cost_share_x`` from the scenario, and
+``C_ref`` (centralised reference) and ``C_no_control`` the validation costs per day, read from a
+sidecar JSON next to the scenario file, ``<scenario folder>/<scenario name>.targets.json``::
+
+    {
+      "scenario_sha256": "<targets_key(loaded)>",
+      "c_ref": 8012.3,            # EUR/day on the validation days, or null (not computed yet)
+      "c_no_control": 8164.7,     # EUR/day on the validation days
+      "n_validation_days": 14,    # optional provenance fields, free form:
+      "reference": "reference",   #   which controller gave c_ref
+      "created": "2026-11-27T09:00:00Z"
+    }
+
+**Key.** ``scenario_sha256`` is :func:`targets_key`: the sha256 of the validated scenario with its
+``learner`` section removed (canonical JSON), because the reference costs do not depend on which
+learner a run trains, and ``gridflex compare`` swaps the learner while keeping the world. A sidecar
+whose key does not match is ignored (stale), and the run says so.
+
+When ``c_ref`` is missing (null, no sidecar, or a stale one) the target is **violation-only**
+(``max_cost_per_day`` is ``None``), and :attr:`Target.note` says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from gridflex.scenario import LoadedScenario
+
+SIDECAR_SUFFIX = ".targets.json"
+
+
+@dataclass(frozen=True)
+class Target:
+    """An absolute validation target (rates are shares, costs EUR/day)."""
+
+    max_violation_rate: float
+    max_cost_per_day: float | None  # None: violation-only target
+    cost_share_x: float
+    c_ref: float | None
+    c_no_control: float | None
+    note: str = ""
+    reference: str = "reference"
+    evaluated_on: str = "validation"
+
+    def met(self, violation_rate: float | None, cost_per_day: float | None) -> bool:
+        """Whether a validation point meets the target (missing values never do)."""
+        if violation_rate is None or violation_rate > self.max_violation_rate:
+            return False
+        if self.max_cost_per_day is None:
+            return True
+        return cost_per_day is not None and cost_per_day <= self.max_cost_per_day
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> dict:
+        """The ``target`` object of ``comparison.json``."""
+        return {"max_violation_rate": self.max_violation_rate,
+                "max_cost_per_day": self.max_cost_per_day,
+                "reference": self.reference, "evaluated_on": self.evaluated_on,
+                "note": self.note}
+
+
+def targets_key(loaded: LoadedScenario) -> str:
+    """sha256 of the validated scenario without its ``learner`` section (see module docstring)."""
+    text = loaded.config.model_dump_json(exclude={"learner"})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sidecar_path(loaded: LoadedScenario) -> Path:
+    """``<scenario folder>/<scenario name>.targets.json``."""
+    return loaded.source.parent / f"{loaded.config.name}{SIDECAR_SUFFIX}"
+
+
+def read_target(loaded: LoadedScenario, path: Path | None = None) -> Target:
+    """The scenario's :class:`Target`, its cost bound from the sidecar when valid."""
+    spec = loaded.config.target
+    path = sidecar_path(loaded) if path is None else Path(path)
+    c_ref = c_nc = None
+    if not path.exists():
+        note = f"no sidecar {path.name}: violation-only target"
+    else:
+        data = json.loads(path.read_text())
+        if data.get("scenario_sha256") != targets_key(loaded):
+            note = f"sidecar {path.name} is for another scenario version (sha256 mismatch): violation-only target"
+        else:
+            c_ref, c_nc = data.get("c_ref"), data.get("c_no_control")
+            note = "" if c_ref is not None and c_nc is not None else \
+                f"sidecar {path.name} has no c_ref yet: violation-only target"
+    bound = None
+    if c_ref is not None and c_nc is not None:
+        bound = float(c_ref) + spec.cost_share_x * (float(c_nc) - float(c_ref))
+    return Target(spec.max_violation_rate, bound, spec.cost_share_x,
+                  None if c_ref is None else float(c_ref), None if c_nc is None else float(c_nc), note)
+
+
+def write_target_sidecar(loaded: LoadedScenario, c_no_control: float, c_ref: float | None,
+                         path: Path | None = None, **extra) -> Path:
+    """Write (atomically) the sidecar of ``loaded``; ``extra`` adds provenance fields."""
+    path = sidecar_path(loaded) if path is None else Path(path)
+    doc = {"scenario_sha256": targets_key(loaded), "c_ref": c_ref, "c_no_control": c_no_control,
+           "n_validation_days": loaded.config.data.n_validation_days,
+           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def time_to_target(rows: list[dict], target: Target) -> float | None:
+    """Training-clock seconds (``wall_s``) of the first history row meeting ``target``."""
+    for row in rows:
+        if target.met(row.get("val_violation_rate"), row.get("val_cost_per_day")):
+            return float(row["wall_s"])
+    return None

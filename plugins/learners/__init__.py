@@ -1,0 +1,1 @@
+"""Built-in learners and the non-learning reference controllers."""

@@ -1,0 +1,63 @@
+"""Non-learning reference controllers (DESIGN §1), registered as learners.
+
+* ``no_control``: batteries idle, heat pumps on a hysteresis thermostat around mid-band,
+  generators off;
+* ``rule_based``: price-following batteries within their limits and the end-of-day condition,
+  thermostat heat pumps, price-following generators;
+* ``droop``: IEEE 1547-2018 Volt-VAR / Volt-Watt on inverter devices from the previous step's
+  local voltage.
+
+Each device fleet implements the rule for its own type (``DeviceModel.baseline_u``); these
+controllers only dispatch, so a third-party device takes part by implementing that method.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from gridflex.components import Learner, StepInputs, StrictConfig
+from gridflex.hookspecs import hookimpl
+
+
+class _Baseline(Learner):
+    controller_name: ClassVar[str]
+
+    class Config(StrictConfig):
+        """No parameters: device-specific settings live in each device's params."""
+
+    def act(self, fleet_index: int, t: int, obs: torch.Tensor, state: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
+        model = self.env.fleets[fleet_index].model
+        return model.baseline_u(self.controller_name, state, inputs)
+
+
+class NoControl(_Baseline):
+    """Batteries idle, heat pumps on a thermostat, generators off."""
+
+    name = "no_control"
+    controller_name = "no_control"
+
+
+class RuleBased(_Baseline):
+    """Price-following batteries and generators, thermostat heat pumps."""
+
+    name = "rule_based"
+    controller_name = "rule_based"
+
+
+class Droop(_Baseline):
+    """IEEE 1547-2018 Volt-VAR / Volt-Watt on inverter devices from the previous local voltage."""
+
+    name = "droop"
+    controller_name = "droop"
+    voltage_feedback = True
+
+
+REFERENCE_CONTROLLERS = ("no_control", "rule_based", "droop")
+
+
+@hookimpl
+def gridflex_register_learners(register) -> None:
+    for cls in (NoControl, RuleBased, Droop):
+        register(cls)

@@ -1,0 +1,249 @@
+"""GradMAP and the gradient-based self-supervised baselines (DESIGN §3), on shared code.
+
+All four learners hold independent per-agent policies (:class:`gridflex.policies.PolicySet`),
+the dual variables of :mod:`.lagrangian`, one Adam optimiser (per-parameter-element, so it does
+not couple agents) and per-agent gradient clipping. They differ in how the environment gradient
+reaches the policies:
+
+* ``gradmap``: per outer iteration, **one** environment gradient ``G = dL/du`` with respect to the
+  rolled-out policy outputs ``u`` (open loop: through the squashing map, device dynamics and the
+  implicit power-flow adjoint; observations frozen), then ``E`` epochs of the proximal surrogate
+  with a trust region (:mod:`.surrogate`), then dual ascent.
+* ``gradmap_e1``: the same with ``E = 1`` and no trust region (the ablation that isolates reuse).
+* ``ssl_penalty`` / ``ssl_pd``: back-propagate the **closed-loop** rollout (policy -> action ->
+  state -> next observation, through time and the power flow) into the policy parameters, one
+  policy update per environment gradient; fixed penalty weights / the same dual ascent.
+
+How GradMAP gets ``G`` in one simulation: the closed-loop rollout calls the policies without
+gradient and hands the environment each output as a fresh leaf tensor, so the recorded graph is
+exactly that of the open-loop re-simulation with ``u_fixed`` = those outputs (same inputs, same
+deterministic trajectory) and one backward pass gives ``dL/du``; this saves the second power-flow
+pass of a literal "roll out, then re-simulate" (``tests/test_gradmap.py`` checks the two agree).
+
+Counters: ``env_gradient_evaluations`` = backward passes through the environment (one per outer
+iteration); ``policy_updates`` = optimiser steps (GradMAP: ``E x minibatches`` per iteration, plus
+the warm start's behaviour-cloning steps).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from gridflex.components import StepInputs
+from gridflex.policies import PolicySet, clip_grad_norm_per_agent_
+from gridflex.training import TrainableLearner, Trainer, TrainingConfig
+
+from .lagrangian import DualInit, Duals, lagrangian
+from .surrogate import fit_policies, normalise_gradient, proximal_targets
+
+
+class PolicyLearnerConfig(TrainingConfig):
+    """Settings shared by the GradMAP family (policies, optimiser, Lagrangian, duals)."""
+
+    hidden_sizes: list[int] = Field([32, 32], description="hidden layer widths of every agent's MLP")
+    activation: Literal["tanh", "relu", "silu"] = Field("tanh", description="hidden activation")
+    learning_rate: float = Field(3e-3, gt=0, le=1, description="Adam step size of the policy parameters")
+    max_grad_norm: float = Field(1.0, gt=0, description="per-agent gradient-norm clip (each agent's own norm)")
+    days_per_batch: int = Field(8, ge=1, le=366, description="training days per outer iteration")
+    voltage_scale_pu: float = Field(0.01, gt=0, description="voltage residual unit (pu) of the normalised residual")
+    local_scale: float = Field(1.0, gt=0, description="unit of device residuals (degC, kWh) in the normalised residual")
+    dual_init_voltage: float = Field(20.0, ge=0, description="initial voltage dual (EUR per 0.01 pu per node-step)")
+    dual_init_line: float = Field(20.0, ge=0, description="initial line-loading dual (EUR per unit overload per conductor-step)")
+    dual_init_local: float = Field(1.0, ge=0, description="initial per-agent local (comfort) dual (EUR per degC-step)")
+    dual_init_terminal: float = Field(1.0, ge=0, description="initial per-agent end-of-day dual (EUR per kWh or degC)")
+    rho: float = Field(200.0, ge=0, description="dual ascent step (EUR per unit of mean normalised residual per iteration)")
+    lambda_max: float = Field(1e4, gt=0, description="upper clip of every dual (EUR per unit)")
+    warm_start_epochs: int = Field(
+        30, ge=0, description="behaviour-cloning epochs onto no_control before training (0: none)")
+
+
+class _PolicyLearner(TrainableLearner):
+    """Policies, optimiser, duals, warm start and state dicts of the family."""
+
+    Config: ClassVar = PolicyLearnerConfig
+    dual_ascent: ClassVar[bool] = True
+
+    def __init__(self, config, env, *, seed: int = 0):
+        config = config if isinstance(config, self.Config) else self.Config.model_validate(config)
+        super().__init__(config, env, seed=seed)
+        torch.manual_seed(seed)
+        self.policies = PolicySet.for_env(env, config.hidden_sizes, config.activation, seed=seed)
+        self.optimizer = torch.optim.Adam(self.policies.parameters(), lr=config.learning_rate)
+        steps = int(round(24.0 / env.dt_h))
+        self.duals = Duals(env, steps, env.dt_h, DualInit(config.dual_init_voltage, config.dual_init_line,
+                                                          config.dual_init_local, config.dual_init_terminal))
+        self.generator = torch.Generator().manual_seed(int(seed) + 0x6D6170)
+
+    # ------------------------------------------------------------------ acting
+    def act(self, fleet_index: int, t: int, obs: torch.Tensor, state: torch.Tensor,
+            inputs: StepInputs) -> torch.Tensor:
+        return self.policies[fleet_index](obs)
+
+    # ------------------------------------------------------------------ shared steps
+    def setup(self, trainer: Trainer) -> None:
+        """Observation statistics from a no-control rollout; behaviour-clone it (warm start)."""
+        exo = trainer.sample_days(self.config.days_per_batch)
+        fleets = self.env.fleets
+        with torch.no_grad():
+            rollout = self.env.rollout(exo, lambda f, t, o, s, i: fleets[f].model.baseline_u("no_control", s, i))
+        obs = [traj.observations for traj in rollout.fleets]
+        for policy, o in zip(self.policies, obs):
+            policy.normaliser.update(o)
+        if self.config.warm_start_epochs:
+            _, steps = fit_policies(list(self.policies), obs, [traj.u for traj in rollout.fleets],
+                                    self.optimizer, self.config.warm_start_epochs, 2,
+                                    self.config.max_grad_norm, self.generator)
+            self.policy_updates += steps
+
+    def _lagrangian(self, trainer: Trainer, rollout):
+        cfg = self.config
+        return lagrangian(self.env, rollout, self.duals, trainer.v_limits_train_pu, trainer.line_limits,
+                          cfg.voltage_scale_pu, cfg.local_scale)
+
+    def _after_iteration(self, rollout, lag) -> None:
+        for policy, traj in zip(self.policies, rollout.fleets):
+            policy.normaliser.update(traj.observations)
+        if self.dual_ascent:
+            self.duals.ascend(lag.means, self.config.rho, self.config.lambda_max)
+
+    def dual_summary(self) -> tuple[float, float]:
+        return self.duals.summary()
+
+    def state_dict(self) -> dict:
+        return {"policies": self.policies.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "duals": self.duals.state_dict(),
+                "counters": {"env_gradient_evaluations": self.env_gradient_evaluations,
+                             "policy_updates": self.policy_updates}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policies.load_state_dict(state["policies"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.duals.load_state_dict(state["duals"])
+        self.env_gradient_evaluations = int(state["counters"]["env_gradient_evaluations"])
+        self.policy_updates = int(state["counters"]["policy_updates"])
+
+
+# ============================================================================ GradMAP
+class GradMAPConfig(PolicyLearnerConfig):
+    """GradMAP: one environment gradient, then E proximal epochs with a trust region."""
+
+    eta: float = Field(0.1, gt=0, description="proximal step: targets u - eta * G_normalised (u-units)")
+    delta: float | None = Field(0.1, gt=0, le=1, description="trust region |pi(o) - u|_inf <= delta (u-units); None: none")
+    epochs: int = Field(8, ge=1, le=1000, description="E: inner epochs on the surrogate per environment gradient")
+    minibatches: int = Field(2, ge=1, description="minibatches per inner epoch (samples = days x steps, all agents at once)")
+    grad_normalisation: Literal["fleet_rms", "agent_rms", "none"] = Field(
+        "fleet_rms", description="scale of G before the proximal step (see surrogate.normalise_gradient)")
+
+
+class GradMAP(_PolicyLearner):
+    """GradMAP: primal-dual learning with a proximal surrogate in action space."""
+
+    name = "gradmap"
+    Config = GradMAPConfig
+    history_extras = ("lagrangian", "train_cost_per_day", "train_violation_rate", "clipped_share",
+                      "fit_loss", "grad_rms", "env_s", "fit_s")
+
+    def environment_gradient(self, trainer: Trainer, exo):
+        """Closed-loop rollout with the policies (no policy graph) and ``G = dL/du`` per fleet
+        ``[B, T, N, d]``; returns ``(rollout, lagrangian value, G)``."""
+        leaves: list[list[torch.Tensor]] = [[] for _ in self.env.fleets]
+
+        def controller(f, t, obs, state, inputs):
+            with torch.no_grad():
+                u = self.policies[f](obs)
+            u = u.detach().requires_grad_(True)
+            leaves[f].append(u)
+            return u
+
+        rollout = self.env.rollout(exo, controller)
+        lag = self._lagrangian(trainer, rollout)
+        flat = [u for per_fleet in leaves for u in per_fleet]
+        grads = torch.autograd.grad(lag.value, flat, allow_unused=True, materialize_grads=True)
+        steps = len(leaves[0])
+        g = [torch.stack(grads[f * steps:(f + 1) * steps], 1) for f in range(len(leaves))]
+        self.env_gradient_evaluations += 1
+        return rollout, lag, g
+
+    def train_iteration(self, trainer: Trainer) -> dict[str, float]:
+        cfg = self.config
+        t0 = time.perf_counter()
+        exo = trainer.sample_days(cfg.days_per_batch)
+        rollout, lag, g = self.environment_gradient(trainer, exo)
+        t1 = time.perf_counter()
+        obs = [traj.observations.detach() for traj in rollout.fleets]
+        u = [traj.u.detach() for traj in rollout.fleets]
+        g_hat = [normalise_gradient(g_f, cfg.grad_normalisation) for g_f in g]
+        prox = proximal_targets(u, g_hat, cfg.eta, cfg.delta)
+        for policy, o in zip(self.policies, obs):  # statistics before the fit, from own observations
+            policy.normaliser.update(o)
+        fit_loss, steps = fit_policies(list(self.policies), obs, prox.targets, self.optimizer,
+                                       cfg.epochs, cfg.minibatches, cfg.max_grad_norm, self.generator)
+        self.policy_updates += steps
+        if self.dual_ascent:
+            self.duals.ascend(lag.means, cfg.rho, cfg.lambda_max)
+        t2 = time.perf_counter()
+        g_all = torch.cat([x.reshape(-1) for x in g])
+        return {"lagrangian": float(lag.value.detach()), "train_cost_per_day": lag.cost_per_day,
+                "train_violation_rate": lag.train_violation_rate, "clipped_share": prox.clipped_share,
+                "fit_loss": fit_loss, "grad_rms": float(g_all.square().mean().sqrt()),
+                "env_s": t1 - t0, "fit_s": t2 - t1}
+
+
+class GradMAPE1Config(GradMAPConfig):
+    """gradmap_e1: GradMAP with E = 1 and no trust region (the reuse ablation)."""
+
+    epochs: Literal[1] = Field(1, description="E = 1: one inner epoch per environment gradient (fixed)")
+    delta: None = Field(None, description="no trust region (fixed)")
+
+
+class GradMAPE1(GradMAP):
+    """GradMAP ablation: one surrogate epoch per environment gradient, no trust region."""
+
+    name = "gradmap_e1"
+    Config = GradMAPE1Config
+
+
+# ============================================================================ SSL baselines
+class SSLConfig(PolicyLearnerConfig):
+    """Closed-loop back-propagation through time and the power flow; one update per gradient."""
+
+
+class SSLPenalty(_PolicyLearner):
+    """Self-supervised: back-propagate the closed-loop rollout, fixed penalty weights."""
+
+    name = "ssl_penalty"
+    Config = SSLConfig
+    dual_ascent = False  # the dual_init_* values are the fixed penalty weights
+    history_extras = ("lagrangian", "train_cost_per_day", "train_violation_rate", "grad_norm")
+
+    def train_iteration(self, trainer: Trainer) -> dict[str, float]:
+        cfg = self.config
+        exo = trainer.sample_days(cfg.days_per_batch)
+        rollout = self.env.rollout(exo, lambda f, t, o, s, i: self.policies[f](o))
+        lag = self._lagrangian(trainer, rollout)
+        self.optimizer.zero_grad(set_to_none=True)
+        lag.value.backward()
+        self.env_gradient_evaluations += 1
+        norms = [clip_grad_norm_per_agent_(p.mlp.parameters(), cfg.max_grad_norm) for p in self.policies]
+        self.optimizer.step()
+        self.policy_updates += 1
+        self._after_iteration(rollout, lag)
+        grad_norm = float(torch.cat(norms).square().sum().sqrt())
+        return {"lagrangian": float(lag.value.detach()), "train_cost_per_day": lag.cost_per_day,
+                "train_violation_rate": lag.train_violation_rate,
+                "grad_norm": grad_norm if math.isfinite(grad_norm) else None}
+
+
+class SSLPD(SSLPenalty):
+    """Self-supervised primal-dual: closed-loop back-propagation with GradMAP's dual ascent."""
+
+    name = "ssl_pd"
+    dual_ascent = True
+
+
+LEARNERS = (GradMAP, GradMAPE1, SSLPenalty, SSLPD)

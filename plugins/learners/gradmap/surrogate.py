@@ -1,0 +1,100 @@
+"""GradMAP's proximal surrogate in action space and the batched regression that minimises it.
+
+With the environment gradient ``G = dL/du`` frozen at the rolled-out outputs ``u`` and the
+observations ``o`` frozen, the surrogate (DESIGN §3, step 3)::
+
+    S(theta) = sum [ G^T (pi_theta(o) - u) + ||pi_theta(o) - u||^2 / (2 eta) ],
+               subject to ||pi_theta(o) - u||_inf <= delta
+
+equals ``||pi_theta(o) - (u - eta G)||^2 / (2 eta)`` up to a constant, and the box-constrained
+minimiser of each (separable, isotropic) term is ``y = clip(u - eta G, u - delta, u + delta)``
+(also clipped to ``[0, 1]``, the range of ``pi``). So the inner epochs regress every agent's policy
+onto its targets ``y``. The regression separates across agents; it runs as one batched kernel
+per layer over all agents of a fleet (``StackedMLP``), with a few large minibatches of samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from gridflex.policies import FleetPolicy, clip_grad_norm_per_agent_
+
+
+@dataclass
+class ProximalTargets:
+    """Regression targets ``y [B, T, N, d]`` per fleet and the share clipped by the trust region."""
+
+    targets: list[torch.Tensor]
+    clipped_share: float
+
+
+def normalise_gradient(g: torch.Tensor, mode: str) -> torch.Tensor:
+    """Scale ``G [B, T, N, d]`` so that ``eta`` is a step in u-units.
+
+    ``"fleet_rms"``: divide by the RMS over the whole fleet (one scale per fleet: keeps the
+    relative sizes between agents and between cost and constraints). ``"agent_rms"``: divide by
+    each agent's own RMS over days, steps and outputs (every agent moves about ``eta``).
+    ``"none"``: raw EUR/day per unit of ``u``.
+    """
+    if mode == "none":
+        return g
+    if mode == "fleet_rms":
+        return g / (g.square().mean().sqrt() + 1e-12)
+    if mode == "agent_rms":
+        return g / (g.square().mean((0, 1, 3), keepdim=True).sqrt() + 1e-12)
+    raise ValueError(f"unknown gradient normalisation {mode!r}")
+
+
+def proximal_targets(u: list[torch.Tensor], g: list[torch.Tensor], eta: float,
+                     delta: float | None) -> ProximalTargets:
+    """``y = clip(clip(u - eta G, u - delta, u + delta), 0, 1)`` per fleet (``delta=None``: no trust region)."""
+    targets, clipped, total = [], 0, 0
+    for u_f, g_f in zip(u, g):
+        step = -eta * g_f
+        if delta is not None and math.isfinite(delta):
+            clipped += int((step.abs() > delta).sum())
+            step = step.clamp(-delta, delta)
+        total += step.numel()
+        targets.append((u_f + step).clamp(0.0, 1.0))
+    return ProximalTargets(targets, clipped / max(total, 1))
+
+
+def fit_policies(policies: list[FleetPolicy], observations: list[torch.Tensor], targets: list[torch.Tensor],
+                 optimizer: torch.optim.Optimizer, epochs: int, minibatches: int, max_grad_norm: float,
+                 generator: torch.Generator) -> tuple[float, int]:
+    """Regress each fleet's policies onto ``targets`` (``[B, T, N, d]``) from ``observations``
+    (``[B, T, N, k]``) for ``epochs`` passes of ``minibatches`` minibatches over the ``B*T``
+    samples (one permutation per epoch shared by all agents: it does not couple them).
+
+    Loss: per agent, mean over samples of the squared error summed over outputs; summed over
+    agents and fleets (so each agent's gradient is its own). Per-agent gradient clipping, one
+    optimiser step per minibatch. Returns the last epoch's mean loss per agent and the number of
+    optimiser steps.
+    """
+    xs = [o.detach().reshape(-1, *o.shape[-2:]).to(p.normaliser.mean.dtype) for o, p in zip(observations, policies)]
+    ys = [y.detach().reshape(-1, *y.shape[-2:]).to(p.normaliser.mean.dtype) for y, p in zip(targets, policies)]
+    n_samples = xs[0].shape[0]
+    minibatches = max(1, min(minibatches, n_samples))
+    params = [q for p in policies for q in p.parameters()]
+    n_agents = sum(p.n_agents for p in policies)
+    steps, last = 0, 0.0
+    for _ in range(epochs):
+        perm = torch.randperm(n_samples, generator=generator).to(xs[0].device)
+        epoch_loss = 0.0
+        for idx in perm.chunk(minibatches):
+            optimizer.zero_grad(set_to_none=True)
+            loss = 0.0
+            for policy, x, y in zip(policies, xs, ys):
+                pred = torch.sigmoid(policy.logits(x[idx]))  # [m, N, d]
+                loss = loss + (pred - y[idx]).square().sum(-1).mean(0).sum()
+            loss.backward()
+            for policy in policies:
+                clip_grad_norm_per_agent_(policy.mlp.parameters(), max_grad_norm)
+            optimizer.step()
+            steps += 1
+            epoch_loss += float(loss.detach()) * idx.numel() / n_samples
+        last = epoch_loss / n_agents
+    return last, steps
