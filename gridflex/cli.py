@@ -53,6 +53,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(run)
     run.add_argument("--device", help="torch device, overrides the scenario's `device`")
     run.add_argument("--out", type=Path, help="output folder (default: runs/<name>/<stamp>)")
+    run.add_argument(
+        "--no-references",
+        action="store_true",
+        help="skip evaluating no_control, rule_based and droop beside the learner",
+    )
+
+    run.add_argument("--resume", action="store_true",
+                     help="continue training from --out's checkpoint.pt (same scenario)")
+
+    compare = sub.add_parser(
+        "compare",
+        help="compare learners over seeds on one scenario (time to target)",
+        description="Train and evaluate each learner with each seed on the same scenario and "
+        "machine; write DIR/comparison.json (test metrics and time to the scenario's validation "
+        "target, medians with IQR) and print a table. Seeds seed the learners; the world is the "
+        "scenario's. `-o learner.params.KEY=VALUE` applies to every learner that trains.",
+    )
+    compare.add_argument("scenario", nargs="?", help="scenario YAML (default: embedded default)")
+    compare.add_argument("--learners", required=True, help="comma-separated learner names")
+    compare.add_argument("--seeds", default="0-4", help="seeds, e.g. 0-4 or 0,2,5 (default 0-4)")
+    compare.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_overrides(compare)
 
     validate = sub.add_parser(
         "validate",
@@ -91,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--json", type=Path, dest="json_out", help="write the result JSON here")
     pf.add_argument("--device", default="cpu", help="torch device (default cpu)")
     pf.add_argument("--max-iter", type=int, default=100, help="iteration cap (default 100)")
+
+    targets = sub.add_parser(
+        "targets",
+        help="compute C_ref and C_no_control of a scenario into its sidecar file",
+        description="Compute the validation-day cost per day of no_control (C_no_control) and of "
+        "the centralised perfect-foresight reference (C_ref, a convex OPF on the linearised "
+        "network re-evaluated with the AC solver; needs the convex extra) and write them to "
+        "<scenario folder>/<name>.targets.json, keyed by the scenario's sha256 without its "
+        "learner section. Training reads that file for its cost target (DESIGN §3).",
+    )
+    targets.add_argument("scenario", help="scenario YAML")
+    _add_overrides(targets)
+    targets.add_argument("--no-reference", action="store_true", help="only C_no_control (c_ref: null)")
 
     verify = sub.add_parser(
         "verify",
@@ -153,11 +188,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     handler = {
         "run": commands.cmd_run,
+        "compare": commands.cmd_compare,
         "validate": commands.cmd_validate,
         "plugins": commands.cmd_plugins,
         "schema": commands.cmd_schema,
         "pf": commands.cmd_pf,
         "verify": commands.cmd_verify,
+        "targets": commands.cmd_targets,
     }[args.command]
     return handler(args)
 

@@ -95,11 +95,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     out_dir = args.out or default_out_dir(loaded.config.name)
     plan.write(out_dir)
-    documents = execute_run(loaded, registry, pm, out_dir, plan.device)
+    documents = execute_run(loaded, registry, pm, out_dir, plan.device,
+                            resume=getattr(args, "resume", False),
+                            references=not args.no_references)
     n_days = next(iter(documents.values()))["n_test_days"]
     print(f"\ntest metrics over {n_days} test days (exact AC power flow):")
     print(results_table(documents))
     print(f"\nwrote {out_dir}/metrics.json (reference controllers in {out_dir}/baselines/)")
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from gridflex.compare import compare, comparison_table, parse_seeds
+
+    learners = [name.strip() for name in args.learners.split(",") if name.strip()]
+    if not learners:
+        raise UserError("--learners is empty")
+    pm, registry = load_registry()
+    for name in learners:
+        registry.get("learner", name)  # unknown names fail before any run starts
+    result = compare(args.scenario, learners, parse_seeds(args.seeds), args.out,
+                     overrides=list(args.override), registry=registry, pm=pm)
+    print(comparison_table(result))
+    print(f"\nwrote {args.out}/comparison.json")
     return EXIT_OK
 
 
@@ -121,3 +139,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from gridflex.verify import run_verify
 
     return run_verify(args.run_dir, args.json_out)
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from gridflex.targets import compute_targets
+
+    pm, registry = load_registry()
+    loaded = load_scenario(args.scenario, args.override, registry)
+    command = " ".join(["gridflex", "targets", str(args.scenario)] + [f"-o {o}" for o in args.override]
+                       + (["--no-reference"] if args.no_reference else []))
+    doc = compute_targets(loaded, registry, pm, reference=not args.no_reference, command=command)
+    print(f"wrote {doc['path']}: c_ref={doc['c_ref']}, c_no_control={doc['c_no_control']:.2f} "
+          f"(sha256 {doc['scenario_sha256'][:12]})")
+    return EXIT_OK

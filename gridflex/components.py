@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -144,6 +144,50 @@ class DeviceModel(Component, abc.ABC):
         ``controller`` is ``"no_control"``, ``"rule_based"`` or ``"droop"`` (DESIGN §1).
         """
 
+    def convex_model(self, cp, steps: int) -> ConvexFleet | None:
+        """Optional: this fleet over one day of ``steps`` steps as convex cvxpy objects
+        (:class:`ConvexFleet`), for the centralised perfect-foresight reference.
+
+        ``cp`` is the ``cvxpy`` module, passed in so that device plugins never import cvxpy at
+        module level. Must be exact for the device's dynamics and limits (the reference's plan
+        is replayed through :meth:`action`). Default: ``None`` (the device cannot be planned;
+        the reference refuses such scenarios).
+        """
+        return None
+
+@dataclass
+class ConvexFleet:
+    """A fleet's day in convex form (cvxpy objects), for the centralised reference (DESIGN §1).
+
+    Returned by the optional :meth:`DeviceModel.convex_model`. ``N`` agents, ``T`` steps, ``d``
+    the action dim. Day data enter only through cvxpy Parameters (filled by :meth:`set_day`), so
+    the problem that holds it is DPP and compiled once.
+
+    * ``constraints``: dynamics, local limits and end-of-day conditions (hard where the device
+      treats them as hard, or with non-negative slacks that enter ``penalty``);
+    * ``cost``: the device's operating cost over the day (currency), as :meth:`DeviceModel.cost`;
+    * ``penalty``: sum over the day of the soft local residuals x dt (residual units x h; e.g.
+      degC h of discomfort), ``0`` if none; the reference prices it;
+    * ``p_kw``, ``q_kvar``: power drawn per agent and step ``[N, T]`` (demand sign);
+    * ``set_day(temp_out_c [T], price_per_kwh [T])``: fill the day's Parameters (numpy);
+    * ``actions()``: after a solve, the planned physical actions ``[T, N, d]`` (numpy), in the
+      units of :meth:`DeviceModel.action`;
+    * ``to_u(action [B, N, d], state, inputs)``: the policy output ``u`` that reproduces a
+      planned action at a step through :meth:`DeviceModel.action_bounds` (torch);
+    * ``diagnostics()``: small dict of plan checks (e.g. simultaneous charge and discharge).
+    """
+
+    constraints: list
+    cost: object
+    penalty: object
+    p_kw: object
+    q_kvar: object
+    set_day: Callable[[object, object], None]
+    actions: Callable[[], object]
+    to_u: Callable[[torch.Tensor, torch.Tensor, StepInputs], torch.Tensor]
+    diagnostics: Callable[[], dict] = lambda: {}
+
+
 class NetworkSolver(Component):
     """A network solver: nodal injections in, voltages, currents and source power out."""
 
@@ -177,6 +221,13 @@ class Learner(Component, abc.ABC):
 
     def train(self, trainer) -> None:
         """Train with the run's trainer (budget, validation, checkpoints); no-op by default."""
+
+    def prepare(self, exogenous) -> None:
+        """Called with the :class:`~gridflex.env.Exogenous` of the days about to be rolled out.
+
+        Decentralised learners must ignore it; it exists for the centralised perfect-foresight
+        reference, which plans each day with full knowledge of it. No-op by default.
+        """
 
 
 class FeederReader(Component):

@@ -36,15 +36,17 @@ def held_out_days(world: World) -> DaySet:
 
 
 def evaluate(
-    world: World, act, days: DaySet, n_days: int, regulated: bool, voltage_feedback: bool = False
+    world: World, learner, days: DaySet, n_days: int, regulated: bool
 ) -> Evaluation:
-    """Roll out ``act`` (a learner's :meth:`act`) on ``n_days`` days spread over ``days``
+    """Roll out ``learner`` (its :meth:`act`) on ``n_days`` days spread over ``days``
     (frozen taps; and with the tap controller when ``regulated``)."""
     env = world.env
     cfg = world.loaded.config
     positions = np.linspace(0, len(days) - 1, num=min(n_days, len(days))).round().astype(int)
     exo = env.exogenous(days.get(np.unique(positions)))
     limits = tuple(cfg.limits.v_limits_pu)
+    act, voltage_feedback = learner.act, type(learner).voltage_feedback
+    learner.prepare(exo)
     with torch.no_grad():
         frozen = env.rollout(exo, act, voltage_feedback=voltage_feedback)
         metrics = evaluation_metrics(env, frozen, limits, cfg.limits.line_limits)

@@ -93,13 +93,17 @@ class StackedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-2]
         n, k = x.shape[-2:]
-        h = x.reshape(-1, n, k).transpose(0, 1)  # [N, M, in]
+        h = self.forward_agent_major(x.reshape(-1, n, k).transpose(0, 1))  # [N, M, out]
+        return h.transpose(0, 1).reshape(*lead, n, h.shape[-1])
+
+    def forward_agent_major(self, h: torch.Tensor) -> torch.Tensor:
+        """``[N, M, in] -> [N, M, out]`` (agent-major samples: no transposes on the hot path)."""
         n_layers = len(self.weights)
         for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b.unsqueeze(1), h, w)  # [N, M, fan_out]
             if layer < n_layers - 1:
                 h = self.activation(h)
-        return h.transpose(0, 1).reshape(*lead, n, h.shape[-1])
+        return h
 
 
 class FleetPolicy(nn.Module):
@@ -121,6 +125,12 @@ class FleetPolicy(nn.Module):
 
     def logits(self, obs: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.normaliser(obs))
+
+    def logits_agent_major(self, obs: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, M, d]`` of agent-major observations ``[N, M, k]`` (the fitting path)."""
+        norm = self.normaliser
+        z = (obs - norm.mean.unsqueeze(1)) / torch.sqrt(norm.var.unsqueeze(1) + norm.eps)
+        return self.mlp.forward_agent_major(z.clamp(-norm.clip, norm.clip))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(obs)).to(obs.dtype)

@@ -139,8 +139,7 @@ def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, d
         result = learner.train(trainer)
         train_seconds = result.train_seconds if result is not None else 0.0
     solves_before = world.env.power_flow_solves
-    evaluation = evaluate(world, learner.act, days, cfg.data.n_test_days, regulated,
-                          learner_cls.voltage_feedback)
+    evaluation = evaluate(world, learner, days, cfg.data.n_test_days, regulated)
     world.env.power_flow_solves = solves_before  # evaluation solves are not training solves
     document = metrics_document(world, cfg.learner.type, evaluation, seeds=[seed],
                                 train_seconds=train_seconds,
@@ -159,8 +158,7 @@ def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, d
             continue
         ref_cls = registry.get("learner", name)
         reference = ref_cls(ref_cls.Config(), world.env, seed=cfg.seed)
-        ref_eval = evaluate(world, reference.act, days, cfg.data.n_test_days, regulated,
-                            ref_cls.voltage_feedback)
+        ref_eval = evaluate(world, reference, days, cfg.data.n_test_days, regulated)
         ref_doc = metrics_document(world, name, ref_eval, seeds=[cfg.seed])
         ref_doc["power_flow_solves"] = 0
         write_run_outputs(out_dir / "baselines" / name, world, ref_doc, ref_eval)

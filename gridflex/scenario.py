@@ -120,7 +120,9 @@ class DeviceGroupSpec(ComponentSpec):
     """A group of agents of one device type."""
 
     count: int = Field(ge=0, le=1_000_000, description="number of agents of this type")
-    seed: int | None = Field(None, description="placement/parameter seed (default: scenario seed)")
+    seed: int | None = Field(
+        None, ge=0, le=2**32 - 1, description="placement/parameter seed (default: scenario seed)"
+    )
     nodes: list[str] | None = Field(
         None,
         description="explicit placement: one node ('67.2') per agent, or one bus ('67') per "
@@ -145,7 +147,9 @@ class PopulationSpec(StrictConfig):
     )
     pv_share: float = Field(0.3, ge=0, le=1, description="share of households with rooftop PV")
     pv_kwp: tuple[float, float] = Field((3.0, 8.0), description="PV size range [min, max] (kWp)")
-    seed: int | None = Field(None, description="placement seed (default: scenario seed)")
+    seed: int | None = Field(
+        None, ge=0, le=2**32 - 1, description="placement seed (default: scenario seed)"
+    )
 
     @field_validator("pv_kwp")
     @classmethod
@@ -171,7 +175,7 @@ class Scenario(StrictConfig):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="short identifier used in run paths")
     description: str = Field("", description="free text")
-    seed: int = Field(0, ge=0, description="master seed")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="master seed")
     device: Literal["cpu", "cuda", "auto"] = Field(
         "cpu", description="torch device; 'auto' picks cuda when available"
     )

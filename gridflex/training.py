@@ -232,7 +232,9 @@ class Trainer:
             bar.close()
         train_seconds = history[-1]["wall_s"]
         if cfg.select_best and best_state is not None:
+            work = (learner.env_gradient_evaluations, learner.policy_updates)
             learner.load_state_dict(best_state)
+            learner.env_gradient_evaluations, learner.policy_updates = work  # work done stays counted
         if self.out_dir is not None:
             _atomic_save({"learner": learner.state_dict(), "history_index": best_index}, self.out_dir / POLICY)
         ttt = None
@@ -248,9 +250,10 @@ class Trainer:
         from tqdm.auto import tqdm
 
         if cfg.budget_seconds is not None:
-            return tqdm(total=cfg.budget_seconds, unit="s", desc="training", leave=False,
-                        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s {postfix}")
-        return tqdm(total=cfg.budget_iterations, unit="it", desc="training", leave=False)
+            return tqdm(total=cfg.budget_seconds, unit="s", desc="training", leave=False, disable=None,
+                        mininterval=1.0, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s {postfix}")
+        return tqdm(total=cfg.budget_iterations, unit="it", desc="training", leave=False, disable=None,
+                    mininterval=1.0)
 
     def _record(self, learner, iteration, wall_s, extras) -> dict:
         metrics = self.validate(learner)

@@ -169,7 +169,7 @@ def test_nonconverged_samples_count_as_violated(world, registry, day):
 
 def test_regulated_taps_move_and_stay_in_range(world, registry):
     days = validation_days(world)
-    result = evaluate(world, no_control(world, registry).act, days, 2, regulated=True)
+    result = evaluate(world, no_control(world, registry), days, 2, regulated=True)
     taps = result.rollout_regulated.taps
     assert taps.shape[:2] == (2, 24)
     assert np.abs(taps).max() <= 16

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from gridflex.components import DeviceModel, StepInputs, StrictConfig
+from gridflex.components import ConvexFleet, DeviceModel, StepInputs, StrictConfig
 
 from ._inverter import q_from_u, reactive_limit_kvar, u_from_q, volt_var_injection_frac
 from ._sampling import (EfficiencyRange, FractionRange, NonNegativeRange, OversizeRange,
@@ -237,3 +238,53 @@ class Battery(DeviceModel):
             q_demand_kvar = -volt_var_injection_frac(v_pu) * self.s_max_kva
             return self.u_for(zero, q_demand_kvar, state, inputs)
         return self.u_for(zero, None, state, inputs)
+
+    # ------------------------------------------------------------------ convex model (reference)
+    def convex_model(self, cp, steps: int) -> ConvexFleet:
+        """One day as a convex program (exact): separate charge/discharge powers ``p+ , p- >= 0``
+        ``[N, T]`` (kW), energy ``e [N, T+1]`` (kWh) with the efficiency balance, ``e_min <= e <=
+        e_max``, ``p+, p- <= p_max``, ``e_0`` = the initial energy, and the end-of-day condition
+        ``e_T >= e_0`` hard. Degradation ``c_deg (p+ + p-) dt`` on both, so simultaneous charge
+        and discharge always costs (it could only pay where wasting energy relieves the
+        network); :meth:`ConvexFleet.diagnostics` counts such samples. Optional ``q`` within
+        the inverter circle (SOC).
+        """
+        n, dt = self.n_agents, self.dt_h
+        col = lambda x: x.detach().cpu().numpy()[:, None]  # noqa: E731  [N, 1]
+        p_max, e_min, e_max, e0 = col(self.p_max_kw), col(self.e_min_kwh), col(self.e_max_kwh), col(self.e_init_kwh)
+        eta_c, eta_d, c_deg = col(self.eta_charge), col(self.eta_discharge), col(self.degradation_eur_per_kwh)
+        charge = cp.Variable((n, steps), nonneg=True, name="battery_charge_kw")
+        discharge = cp.Variable((n, steps), nonneg=True, name="battery_discharge_kw")
+        energy = cp.Variable((n, steps + 1), name="battery_energy_kwh")
+        ones = np.ones((1, steps))
+        constraints = [
+            charge <= p_max * ones, discharge <= p_max * ones,
+            energy[:, 0] == e0[:, 0],
+            energy[:, 1:] == energy[:, :-1] + dt * (cp.multiply(eta_c * ones, charge)
+                                                    - cp.multiply(ones / eta_d, discharge)),
+            energy >= e_min * np.ones((1, steps + 1)), energy <= e_max * np.ones((1, steps + 1)),
+            energy[:, steps] >= energy[:, 0],
+        ]
+        p_kw = charge - discharge
+        q_kvar = 0 * p_kw
+        if self.reactive_power:
+            q_kvar = cp.Variable((n, steps), name="battery_q_kvar")
+            s_max = np.repeat(self.s_max_kva.detach().cpu().numpy(), steps)  # C-order [N*T]
+            constraints.append(cp.SOC(s_max, cp.vstack([cp.reshape(p_kw, (n * steps,), order="C"),
+                                                         cp.reshape(q_kvar, (n * steps,), order="C")]), axis=0))
+        cost = cp.sum(cp.multiply(c_deg * dt * ones, charge + discharge))
+
+        def actions():
+            p = (charge.value - discharge.value).T[..., None]
+            return p if not self.reactive_power else np.concatenate([p, q_kvar.value.T[..., None]], -1)
+
+        def to_u(action, state, inputs):
+            return self.u_for(action[..., 0], action[..., 1] if self.reactive_power else None, state, inputs)
+
+        def diagnostics():
+            both = np.minimum(charge.value, discharge.value)
+            return {"simultaneous_charge_discharge": int((both > 1e-4).sum()),
+                    "max_simultaneous_kw": float(both.max()) if both.size else 0.0}
+
+        return ConvexFleet(constraints, cost, 0.0, p_kw, q_kvar, lambda temp, price: None, actions, to_u,
+                           diagnostics)

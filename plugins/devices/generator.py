@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import torch
 from pydantic import Field
 
-from gridflex.components import DeviceModel, StepInputs, StrictConfig
+from gridflex.components import ConvexFleet, DeviceModel, StepInputs, StrictConfig
 
 from ._inverter import (q_from_u, reactive_limit_kvar, u_from_q, volt_var_injection_frac,
                         volt_watt_limit_frac)
@@ -181,3 +182,31 @@ class Generator(DeviceModel):
         p_out_kw = torch.minimum(p_out_kw, volt_watt_limit_frac(v_pu) * self.p_max_kw)
         q_out_kvar = volt_var_injection_frac(v_pu) * self.s_max_kva if self.reactive_power else None
         return self.u_for(p_out_kw, q_out_kvar)
+
+    # ------------------------------------------------------------------ convex model (reference)
+    def convex_model(self, cp, steps: int) -> ConvexFleet:
+        """One day as a convex QP (exact): ``0 <= p_out <= p_max`` ``[N, T]`` (kW), fuel cost
+        ``(c2 p_out^2 + c1 p_out) dt``, optional injected ``q_out`` within the circle (SOC);
+        demand ``-p_out``, ``-q_out``."""
+        n, dt = self.n_agents, self.dt_h
+        col = lambda x: x.detach().cpu().numpy()[:, None]  # noqa: E731
+        ones = np.ones((1, steps))
+        p_out = cp.Variable((n, steps), nonneg=True, name="gen_p_out_kw")
+        constraints = [p_out <= col(self.p_max_kw) * ones]
+        q_out = 0 * p_out
+        if self.reactive_power:
+            q_out = cp.Variable((n, steps), name="gen_q_out_kvar")
+            s_max = np.repeat(self.s_max_kva.detach().cpu().numpy(), steps)
+            constraints.append(cp.SOC(s_max, cp.vstack([cp.reshape(p_out, (n * steps,), order="C"),
+                                                         cp.reshape(q_out, (n * steps,), order="C")]), axis=0))
+        cost = (cp.sum(cp.multiply(col(self.c2_eur_per_kw2h) * dt * ones, cp.square(p_out)))
+                + cp.sum(cp.multiply(col(self.c1_eur_per_kwh) * dt * ones, p_out)))
+
+        def actions():
+            p = p_out.value.T[..., None]
+            return p if not self.reactive_power else np.concatenate([p, q_out.value.T[..., None]], -1)
+
+        def to_u(action, state, inputs):
+            return self.u_for(action[..., 0], action[..., 1] if self.reactive_power else None)
+
+        return ConvexFleet(constraints, cost, 0.0, -p_out, -q_out, lambda temp, price: None, actions, to_u)

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from gridflex.components import DeviceModel, StepInputs, StrictConfig
+from gridflex.components import ConvexFleet, DeviceModel, StepInputs, StrictConfig
 
 from ._sampling import (EfficiencyRange, OversizeRange, PositiveRange, Range, check_below,
                         sample_ranges)
@@ -229,3 +230,45 @@ class HeatPump(DeviceModel):
         if controller not in CONTROLLERS:
             raise ValueError(f"unknown controller {controller!r}; expected one of {CONTROLLERS}")
         return (self.thermostat_p_kw(state, inputs) / self.p_max_kw).clamp(0.0, 1.0).unsqueeze(-1)
+
+    # ------------------------------------------------------------------ convex model (reference)
+    def convex_model(self, cp, steps: int) -> ConvexFleet:
+        """One day as a linear program, exact for a known outdoor temperature: ``0 <= p <= p_max``
+        ``[N, T]`` (kW), ``theta [N, T+1]`` with ``theta_0`` = mid-band and the ZOH step
+        ``theta_{t+1} = a theta_t + (1 - a) theta_out,t + (1 - a) R COP(theta_out,t) p_t``
+        (the two day-dependent terms are Parameters), comfort band soft with slacks (degC),
+        ``penalty`` = their sum x dt (degC h; the end-of-day temperature is the last step's).
+        """
+        n, dt = self.n_agents, self.dt_h
+        col = lambda x: x.detach().cpu().numpy()[:, None]  # noqa: E731
+        decay, p_max = col(self.decay), col(self.p_max_kw)
+        theta_min, theta_max, theta_mid = col(self.theta_min_c), col(self.theta_max_c), col(self.theta_mid_c)
+        ones = np.ones((1, steps))
+        gain = cp.Parameter((n, steps), name="hp_gain_c_per_kw")  # (1 - a) R COP_t
+        drift = cp.Parameter((n, steps), name="hp_drift_c")  # (1 - a) theta_out,t
+        p_kw = cp.Variable((n, steps), nonneg=True, name="hp_p_kw")
+        theta = cp.Variable((n, steps + 1), name="hp_theta_c")
+        below = cp.Variable((n, steps), nonneg=True, name="hp_below_c")
+        above = cp.Variable((n, steps), nonneg=True, name="hp_above_c")
+        constraints = [
+            p_kw <= p_max * ones,
+            theta[:, 0] == theta_mid[:, 0],
+            theta[:, 1:] == cp.multiply(decay * ones, theta[:, :-1]) + drift + cp.multiply(gain, p_kw),
+            theta[:, 1:] >= theta_min * ones - below,
+            theta[:, 1:] <= theta_max * ones + above,
+        ]
+        r = self.r_c_per_kw.detach().cpu().numpy()[:, None]
+
+        def set_day(temp_out_c, price_per_kwh):
+            temp = torch.as_tensor(np.asarray(temp_out_c), dtype=self.dtype, device=self.device)
+            cop = self.cop(temp).detach().cpu().numpy().T  # [N, T]
+            gain.value = (1.0 - decay) * r * cop
+            drift.value = (1.0 - decay) * np.asarray(temp_out_c, dtype=float)[None, :]
+
+        def to_u(action, state, inputs):
+            return (action / self.p_max_kw.unsqueeze(-1)).clamp(0.0, 1.0)
+
+        tan_phi = col(self.tan_phi)
+        return ConvexFleet(constraints, 0.0, dt * cp.sum(below + above), p_kw,
+                           cp.multiply(tan_phi * ones, p_kw), set_day,
+                           lambda: p_kw.value.T[..., None], to_u)

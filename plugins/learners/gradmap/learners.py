@@ -46,7 +46,7 @@ class PolicyLearnerConfig(TrainingConfig):
     """Settings shared by the GradMAP family (policies, optimiser, Lagrangian, duals)."""
 
     hidden_sizes: list[int] = Field([32, 32], description="hidden layer widths of every agent's MLP")
-    activation: Literal["tanh", "relu", "silu"] = Field("tanh", description="hidden activation")
+    activation: Literal["tanh", "relu", "silu"] = Field("relu", description="hidden activation")
     learning_rate: float = Field(3e-3, gt=0, le=1, description="Adam step size of the policy parameters")
     max_grad_norm: float = Field(1.0, gt=0, description="per-agent gradient-norm clip (each agent's own norm)")
     days_per_batch: int = Field(8, ge=1, le=366, description="training days per outer iteration")
@@ -56,7 +56,7 @@ class PolicyLearnerConfig(TrainingConfig):
     dual_init_line: float = Field(20.0, ge=0, description="initial line-loading dual (EUR per unit overload per conductor-step)")
     dual_init_local: float = Field(1.0, ge=0, description="initial per-agent local (comfort) dual (EUR per degC-step)")
     dual_init_terminal: float = Field(1.0, ge=0, description="initial per-agent end-of-day dual (EUR per kWh or degC)")
-    rho: float = Field(200.0, ge=0, description="dual ascent step (EUR per unit of mean normalised residual per iteration)")
+    rho: float = Field(1000.0, ge=0, description="dual ascent step (EUR per unit of mean normalised residual per iteration)")
     lambda_max: float = Field(1e4, gt=0, description="upper clip of every dual (EUR per unit)")
     warm_start_epochs: int = Field(
         30, ge=0, description="behaviour-cloning epochs onto no_control before training (0: none)")
@@ -132,8 +132,8 @@ class _PolicyLearner(TrainableLearner):
 class GradMAPConfig(PolicyLearnerConfig):
     """GradMAP: one environment gradient, then E proximal epochs with a trust region."""
 
-    eta: float = Field(0.1, gt=0, description="proximal step: targets u - eta * G_normalised (u-units)")
-    delta: float | None = Field(0.1, gt=0, le=1, description="trust region |pi(o) - u|_inf <= delta (u-units); None: none")
+    eta: float = Field(0.2, gt=0, description="proximal step: targets u - eta * G_normalised (u-units)")
+    delta: float | None = Field(0.2, gt=0, le=1, description="trust region |pi(o) - u|_inf <= delta (u-units); None: none")
     epochs: int = Field(8, ge=1, le=1000, description="E: inner epochs on the surrogate per environment gradient")
     minibatches: int = Field(2, ge=1, description="minibatches per inner epoch (samples = days x steps, all agents at once)")
     grad_normalisation: Literal["fleet_rms", "agent_rms", "none"] = Field(
@@ -170,9 +170,12 @@ class GradMAP(_PolicyLearner):
         return rollout, lag, g
 
     def train_iteration(self, trainer: Trainer) -> dict[str, float]:
+        return self.outer_iteration(trainer, trainer.sample_days(self.config.days_per_batch))
+
+    def outer_iteration(self, trainer: Trainer, exo, ascend: bool = True) -> dict[str, float]:
+        """DESIGN §3 steps 1-4 on the days ``exo`` (``ascend=False`` keeps the duals fixed)."""
         cfg = self.config
         t0 = time.perf_counter()
-        exo = trainer.sample_days(cfg.days_per_batch)
         rollout, lag, g = self.environment_gradient(trainer, exo)
         t1 = time.perf_counter()
         obs = [traj.observations.detach() for traj in rollout.fleets]
@@ -184,7 +187,7 @@ class GradMAP(_PolicyLearner):
         fit_loss, steps = fit_policies(list(self.policies), obs, prox.targets, self.optimizer,
                                        cfg.epochs, cfg.minibatches, cfg.max_grad_norm, self.generator)
         self.policy_updates += steps
-        if self.dual_ascent:
+        if self.dual_ascent and ascend:
             self.duals.ascend(lag.means, cfg.rho, cfg.lambda_max)
         t2 = time.perf_counter()
         g_all = torch.cat([x.reshape(-1) for x in g])

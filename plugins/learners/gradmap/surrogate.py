@@ -74,27 +74,28 @@ def fit_policies(policies: list[FleetPolicy], observations: list[torch.Tensor], 
     optimiser step per minibatch. Returns the last epoch's mean loss per agent and the number of
     optimiser steps.
     """
-    xs = [o.detach().reshape(-1, *o.shape[-2:]).to(p.normaliser.mean.dtype) for o, p in zip(observations, policies)]
-    ys = [y.detach().reshape(-1, *y.shape[-2:]).to(p.normaliser.mean.dtype) for y, p in zip(targets, policies)]
-    n_samples = xs[0].shape[0]
+    dtype = policies[0].normaliser.mean.dtype
+    # agent-major, contiguous once: [N, S, k] and [N, S, d]; minibatches index dim 1
+    xs = [o.detach().reshape(-1, *o.shape[-2:]).transpose(0, 1).to(dtype).contiguous() for o in observations]
+    ys = [y.detach().reshape(-1, *y.shape[-2:]).transpose(0, 1).to(dtype).contiguous() for y in targets]
+    n_samples = xs[0].shape[1]
     minibatches = max(1, min(minibatches, n_samples))
-    params = [q for p in policies for q in p.parameters()]
     n_agents = sum(p.n_agents for p in policies)
     steps, last = 0, 0.0
     for _ in range(epochs):
         perm = torch.randperm(n_samples, generator=generator).to(xs[0].device)
-        epoch_loss = 0.0
+        epoch_loss = torch.zeros((), dtype=dtype, device=xs[0].device)
         for idx in perm.chunk(minibatches):
             optimizer.zero_grad(set_to_none=True)
             loss = 0.0
             for policy, x, y in zip(policies, xs, ys):
-                pred = torch.sigmoid(policy.logits(x[idx]))  # [m, N, d]
-                loss = loss + (pred - y[idx]).square().sum(-1).mean(0).sum()
+                pred = torch.sigmoid(policy.logits_agent_major(x[:, idx]))  # [N, m, d]
+                loss = loss + (pred - y[:, idx]).square().sum(-1).mean(1).sum()
             loss.backward()
             for policy in policies:
                 clip_grad_norm_per_agent_(policy.mlp.parameters(), max_grad_norm)
             optimizer.step()
             steps += 1
-            epoch_loss += float(loss.detach()) * idx.numel() / n_samples
-        last = epoch_loss / n_agents
+            epoch_loss += loss.detach() * (idx.numel() / n_samples)
+        last = float(epoch_loss) / n_agents
     return last, steps

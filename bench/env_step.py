@@ -1,0 +1,135 @@
+"""Seconds per environment rollout, and per rollout + gradient, split into parts.
+
+IEEE 123 with 1,000 agents (``scenarios/ieee123_1000.yaml``), B training days of 24 steps, agents
+driven by independent per-agent linear policies (stacked weights, one einsum: the cost of a policy
+forward pass). Rows: ``rollout`` (no grad; the per-step device/policy loop then one batched
+power flow over B x 24 samples), split into ``power flow``, ``policies`` and ``devices + env``
+(the rest); ``rollout + grad`` (closed loop with autograd, then backward of cost + voltage
+penalty through the implicit adjoint) split into forward and ``backward``. Prints a table; not a
+test. Examples::
+
+    python bench/env_step.py                        # CPU, B = 8
+    python bench/env_step.py --device cuda --days 8 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build(scenario: Path, device: str):
+    from gridflex.plugins import load_registry
+    from gridflex.scenario import load_scenario
+    from gridflex.world import build_world
+
+    pm, registry = load_registry()
+    loaded = load_scenario(scenario, [f"device={device}"], registry)
+    return build_world(loaded, registry, pm)
+
+
+def linear_policies(env, generator):
+    """Per-agent linear maps u = sigmoid(W_i o_i + b_i) for every fleet (stacked weights)."""
+    params = []
+    for f, fleet in enumerate(env.fleets):
+        w = 0.1 * torch.randn(fleet.n_agents, env.obs_dim(f), fleet.model.action_dim,
+                              generator=generator, dtype=env.dtype).to(env.device)
+        b = torch.zeros(fleet.n_agents, fleet.model.action_dim, dtype=env.dtype, device=env.device)
+        params.append((w.requires_grad_(True), b.requires_grad_(True)))
+    timer = {"policies": 0.0}
+
+    def act(f, t, obs, state, inputs):
+        sync(env.device)
+        start = time.perf_counter()
+        w, b = params[f]
+        u = torch.sigmoid(torch.einsum("bnk,nkd->bnd", obs, w) + b)
+        sync(env.device)
+        timer["policies"] += time.perf_counter() - start
+        return u
+
+    return act, params, timer
+
+
+def measure(world, days: int, repeats: int) -> dict[str, float]:
+    from gridflex.metrics import day_costs, network_terms
+
+    env = world.env
+    rng = np.random.default_rng(0)
+    exo = env.exogenous(world.data.split("train").batch(days, rng))
+    act, params, timer = linear_policies(env, torch.Generator().manual_seed(0))
+    best: dict[str, float] = {}
+
+    def keep(name, value):
+        best[name] = min(best.get(name, float("inf")), value)
+
+    for _ in range(repeats + 1):
+        timer["policies"] = 0.0
+        sync(env.device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            rollout = env.rollout(exo, act)
+        sync(env.device)
+        total = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            env.solver.solve(exo.load_scale, rollout.p_injection_kw, rollout.q_injection_kvar)
+        sync(env.device)
+        pf = time.perf_counter() - t0
+        keep("rollout", total)
+        keep("  power flow", pf)
+        keep("  policies", timer["policies"])
+        keep("  devices + env", total - pf - timer["policies"])
+
+        sync(env.device)
+        t0 = time.perf_counter()
+        rollout = env.rollout(exo, act)
+        terms = network_terms(env, rollout, (0.955, 1.045))
+        loss = sum(day_costs(env, rollout).values()).mean() + 1e3 * terms.v_residual_pu.sum()
+        sync(env.device)
+        forward = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        loss.backward()
+        sync(env.device)
+        backward = time.perf_counter() - t0
+        for w, b in params:
+            w.grad = b.grad = None
+        keep("rollout + grad", forward + backward)
+        keep("  forward (with graph)", forward)
+        keep("  backward (adjoint + BPTT)", backward)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", type=Path, default=REPO / "scenarios" / "ieee123_1000.yaml")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--days", type=int, nargs="+", default=[8])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    world = build(args.scenario, args.device)
+    env = world.env
+    print(f"# {world.loaded.config.name}: {env.n_agents} agents, {len(env.households)} households, "
+          f"{env.grid.n_nodes} nodes; device {env.device}, {env.dtype}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    results = {days: measure(world, days, args.repeats) for days in args.days}
+    names = list(next(iter(results.values())))
+    print("| part | " + " | ".join(f"B = {d} days (s)" for d in args.days) + " |")
+    print("| --- |" + " --- |" * len(args.days))
+    for name in names:
+        print(f"| {name} | " + " | ".join(f"{results[d][name]:.3f}" for d in args.days) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Time to target of gradmap vs gradmap_e1 vs ssl_penalty vs ssl_pd (DESIGN §3 protocol).
+
+Runs ``gridflex compare`` in-process on the small scenario (and on ``scenarios/ieee123_1000.yaml``
+when it exists and ``--large`` is given) with default hyperparameters, the same training budget
+for every learner, validation at equal training-clock intervals, ``--seeds`` seeds; writes
+``OUT/<scenario>/comparison.json`` and prints one table per scenario (medians with IQR).
+
+    python bench/time_to_target.py --seeds 0-4 --budget-s 600            # the real benchmark
+    python bench/time_to_target.py --seeds 0-1 --budget-s 60 --out /tmp/b  # a quick check
+
+A null time to target (never reached within the budget) ranks as +infinity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from gridflex.compare import compare, comparison_table, parse_seeds
+from gridflex.plugins import load_registry
+from gridflex.scenario import shipped_scenarios_dir
+
+LEARNERS = ("gradmap", "gradmap_e1", "ssl_penalty", "ssl_pd")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", help="small scenario YAML (default: the embedded default)")
+    parser.add_argument("--large", action="store_true", help="also run scenarios/ieee123_1000.yaml if present")
+    parser.add_argument("--learners", default=",".join(LEARNERS), help="comma-separated learners")
+    parser.add_argument("--seeds", default="0-4", help="learner seeds, e.g. 0-4")
+    parser.add_argument("--budget-s", type=float, default=300.0, help="training-clock budget per run (s)")
+    parser.add_argument("--validation-s", type=float, default=None,
+                        help="validation interval (s of training clock; default budget/10)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/time_to_target"), help="output folder")
+    parser.add_argument("-o", "--override", action="append", default=[], help="extra scenario overrides")
+    args = parser.parse_args(argv)
+
+    pm, registry = load_registry()
+    scenarios = [args.scenario]
+    large = shipped_scenarios_dir() / "ieee123_1000.yaml"
+    if args.large and large.exists():
+        scenarios.append(str(large))
+    interval = args.validation_s or args.budget_s / 10
+    overrides = [f"learner.params.budget_seconds={args.budget_s}", "learner.params.budget_iterations=null",
+                 f"learner.params.validation_interval_s={interval}",
+                 "learner.params.validation_interval_iterations=null", *args.override]
+    learners = [x for x in args.learners.split(",") if x]
+    for scenario in scenarios:
+        name = Path(scenario).stem if scenario else "default"
+        t0 = time.perf_counter()
+        result = compare(scenario, learners, parse_seeds(args.seeds), args.out / name, overrides=overrides,
+                         registry=registry, pm=pm, progress=False)
+        print(f"\n{result['scenario']}: {len(learners)} learners x {args.seeds} seeds, "
+              f"budget {args.budget_s:.0f} s each ({time.perf_counter() - t0:.0f} s wall)")
+        print(comparison_table(result))
+        print(f"wrote {args.out / name / 'comparison.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,19 @@
+"""``ippo``: independent PPO actors and critics for every agent (DESIGN §3 baselines).
+
+Modules, one job each: :mod:`.agents` (stacked per-agent Gaussian actors and critics, the
+squashing and its log-probability), :mod:`.ppo` (GAE and the clipped update, vectorised over
+agents), :mod:`.rewards` (the shaped per-agent reward from a rollout), :mod:`.learner` (the
+learner on :mod:`gridflex.training`'s loop). Documentation: docs/ippo.md.
+"""
+
+from __future__ import annotations
+
+from gridflex.hookspecs import hookimpl
+
+from .learner import LEARNERS
+
+
+@hookimpl
+def gridflex_register_learners(register) -> None:
+    for cls in LEARNERS:
+        register(cls)

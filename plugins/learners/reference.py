@@ -1,0 +1,270 @@
+"""``reference``: the centralised perfect-foresight convex OPF (DESIGN §1), registered as a learner.
+
+Per day, one convex program over all devices and steps with full knowledge of the day
+(:meth:`ReferenceLearner.prepare` is handed the days about to be rolled out):
+
+    min  sum_t price_t dt P_src,t  +  device costs  +  w_V sum(sigma_V) dt + w_I sum(sigma_I) dt
+         + w_comfort (discomfort degC h)
+    s.t. every fleet's :meth:`~gridflex.components.DeviceModel.convex_model` (dynamics, local
+         limits, end-of-day conditions);
+         nodal injections P, Q [n_inj, T] = PV + sum_f A_f p_f (sparse agent -> node map);
+         v_lo - sigma_V <= c_V,t + M P_t + K Q_t <= v_hi + sigma_V     (monitored |V|, pu)
+         || c_I,t + A P_t + B Q_t ||_2 <= I_max (1 + sigma_I)            (rated conductors, A)
+         P_src,t = g_P . P_t + g_Q . Q_t (+ a constant)                  (first-order losses)
+
+with the linearised network of :mod:`gridflex.linearised` (sensitivities ``M, K, A, B, g`` at the
+base case, constants). It is built **once** per environment as a DPP cvxpy problem: the day's
+data (load levels, PV, temperatures, prices) and the AC corrections enter only as Parameters, and
+each solve (Clarabel) reuses the compiled problem.
+
+**AC re-linearisation.** The plan is re-evaluated with the environment's exact AC solver; the
+model is then re-linearised around that AC solution: the offsets ``c_V,t, c_I,t`` become
+``AC(x_k) - J0 x_k`` so that the linear model is exact (zero-order) at the AC point of the last
+plan, with the base-case sensitivities ``J0`` (a quasi-Newton step; re-deriving the Jacobian per
+step would make it a Parameter matrix and the compile ~T times larger). If the AC solution still
+violates a limit, a voltage margin ``margin_step_pu`` is added, up to ``max_margin_pu``. Iteration
+stops when the AC violation rate (voltage and line) is zero or after ``max_iterations``; the plan
+with the lowest (violation rate, AC cost) is kept.
+
+:meth:`act` replays the plan: each fleet's ``to_u`` maps the planned action back to ``u`` through
+the device's state-dependent action bounds. Per-day iterations, solve seconds and AC metrics are
+in :attr:`ReferenceLearner.extras` (``metrics.json`` keeps its contract).
+
+cvxpy is imported lazily (in :meth:`prepare`): importing this module needs only torch.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from gridflex.components import Learner, StepInputs, StrictConfig
+from gridflex.errors import UserError
+from gridflex.hookspecs import hookimpl
+
+
+#: tolerances fit for a plan whose cost is in EUR/day and voltages in pu (Clarabel's defaults,
+#: 1e-8, spend most iterations on digits that the AC re-evaluation discards anyway)
+SOLVER_OPTIONS = {"CLARABEL": {"tol_gap_abs": 1e-4, "tol_gap_rel": 1e-6, "tol_feas": 1e-7, "max_iter": 150}}
+
+
+class ReferenceLearner(Learner):
+    """Centralised perfect-foresight convex OPF on the linearised network, AC re-linearised."""
+
+    name: ClassVar[str] = "reference"
+    trains: ClassVar[bool] = False
+
+    class Config(StrictConfig):
+        v_limits_pu: tuple[float, float] = Field(
+            (0.95, 1.05), description="voltage limits the plan must meet (pu); match the scenario's limits.v_limits_pu")
+        line_limits: bool = Field(True, description="impose line ratings (match the scenario's limits.line_limits)")
+        max_iterations: int = Field(6, ge=1, le=50, description="cap on AC re-evaluations (re-linearisations) per day")
+        margin_step_pu: float = Field(0.002, ge=0, le=0.05, description="voltage margin added per iteration while the AC plan violates (pu)")
+        max_margin_pu: float = Field(0.01, ge=0, le=0.1, description="largest voltage margin (pu)")
+        voltage_slack_eur_per_pu_h: float = Field(1e5, gt=0, description="price of the voltage slack (EUR per pu per node-hour)")
+        line_slack_eur_per_h: float = Field(1e4, gt=0, description="price of the line slack (EUR per unit overload per conductor-hour)")
+        discomfort_eur_per_degc_h: float = Field(50.0, gt=0, description="price of soft device residuals, e.g. heat-pump discomfort (EUR per degC h)")
+        solver: str = Field("CLARABEL", description="cvxpy conic solver")
+        linearisation_load_mult: float = Field(1.0, ge=0, description="load level of the base-case linearisation point (-)")
+
+    def __init__(self, config, env, *, seed: int = 0):
+        config = config if isinstance(config, self.Config) else self.Config.model_validate(config or {})
+        super().__init__(config, env, seed=seed)
+        self._opf = None
+        self._plans: list[torch.Tensor] | None = None
+        self.extras: dict = {}
+
+    # ------------------------------------------------------------------ planning
+    def prepare(self, exogenous) -> None:
+        """Plan every day of ``exogenous`` (perfect foresight), see the module docstring."""
+        if self._opf is None:
+            self._opf = ReferenceOPF(self.env, self.config, exogenous.steps, exogenous.dt_h)
+        plans = [[] for _ in self.env.fleets]
+        days = []
+        for b in range(exogenous.batch):
+            actions, report = self._opf.plan_day(exogenous, b)
+            for f, a in enumerate(actions):
+                plans[f].append(a)
+            days.append(report)
+        tensor = dict(device=self.env.device, dtype=self.env.dtype)
+        self._plans = [torch.as_tensor(np.stack(p), **tensor) for p in plans]  # [B, T, N, d]
+        self.extras = {
+            "days": days,
+            "solve_seconds_per_day": float(np.mean([d["solve_seconds"] for d in days])),
+            "wall_seconds_per_day": float(np.mean([d["wall_seconds"] for d in days])),
+            "iterations_per_day": float(np.mean([d["iterations"] for d in days])),
+            "ac_violation_rate": float(np.mean([d["ac_violation_rate"] for d in days])),
+            "ac_line_overload_rate": float(np.mean([d["ac_line_overload_rate"] for d in days])),
+            "build_seconds": self._opf.build_seconds,
+        }
+
+    def act(self, fleet_index: int, t: int, obs: torch.Tensor, state: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
+        if self._plans is None:
+            raise RuntimeError("the reference plans with perfect foresight: call prepare(exogenous) first")
+        action = self._plans[fleet_index][:, t]
+        return self._opf.fleets[fleet_index].to_u(action, state, inputs)
+
+
+class ReferenceOPF:
+    """The DPP problem of one environment (module docstring) and its AC re-linearisation loop."""
+
+    def __init__(self, env, config: ReferenceLearner.Config, steps: int, dt_h: float):
+        import cvxpy as cp
+        import scipy.sparse as sp
+
+        from gridflex.linearised import linearise
+        from gridflex.powerflow import build_network
+
+        t0 = time.perf_counter()
+        self.env, self.config, self.steps, self.dt_h, self.cp = env, config, steps, dt_h, cp
+        n_inj = len(env.injection_nodes)
+        net = build_network(env.grid, env.injection_nodes)
+        lin = linearise(net, np.full(net.n_loads, config.linearisation_load_mult))
+        vmon, imon = env.voltage_monitor, env.current_monitor
+        self.v_model = lin.magnitudes(vmon.node_a, vmon.node_b)
+        self.use_lines = bool(config.line_limits and len(imon))
+        self.i_model = lin.currents(imon.columns) if self.use_lines else None
+        self.s_model = lin.source
+        self.rating_a = np.asarray(imon.rating_a, dtype=float) if self.use_lines else np.zeros(0)
+
+        # fleets and the sparse agent -> node maps
+        self.fleets, p_nodes, q_nodes = [], 0, 0
+        col = {int(n): k for k, n in enumerate(env.injection_nodes)}
+        cost, penalty, constraints = 0, 0, []
+        for fleet in env.fleets:
+            cf = fleet.model.convex_model(cp, steps)
+            if cf is None:
+                raise UserError(f"device type {fleet.model.name!r} has no convex_model: the reference cannot plan it")
+            rows, cols, vals = [], [], []
+            for i, nodes in enumerate(fleet.placement.nodes):
+                for node in nodes:
+                    rows.append(col[int(node)]), cols.append(i), vals.append(1.0 / len(nodes))
+            a = sp.csr_matrix((vals, (rows, cols)), shape=(n_inj, fleet.n_agents))
+            p_nodes = p_nodes + a @ cf.p_kw
+            q_nodes = q_nodes + a @ cf.q_kvar
+            cost, penalty, constraints = cost + cf.cost, penalty + cf.penalty, constraints + cf.constraints
+            self.fleets.append(cf)
+        # nodal variables keep the dense network matrices [m, n_inj] apart from the agent maps
+        # (multiplied out they would be dense [m, N] per step)
+        self.p_nodes = cp.Variable((n_inj, steps), name="p_nodes_kw")  # device consumption
+        self.q_nodes = cp.Variable((n_inj, steps), name="q_nodes_kvar")
+        constraints += [self.p_nodes == p_nodes, self.q_nodes == q_nodes]
+        p_nodes, q_nodes = self.p_nodes, self.q_nodes
+
+        # network, data as Parameters
+        m, r = len(vmon), len(self.rating_a)
+        self.v_offset = cp.Parameter((m, steps), name="v_offset_pu")
+        self.v_lo, self.v_hi = cp.Parameter(name="v_lo_pu"), cp.Parameter(name="v_hi_pu")
+        self.price_dt = cp.Parameter(steps, name="price_dt")
+        v_slack = cp.Variable((m, steps), nonneg=True, name="v_slack_pu")
+        vm = cp.Variable((m, steps), name="vm_pu")
+        constraints += [vm == self.v_offset + self.v_model.d_p @ p_nodes + self.v_model.d_q @ q_nodes,
+                        vm >= self.v_lo - v_slack, vm <= self.v_hi + v_slack]
+        slack_cost = config.voltage_slack_eur_per_pu_h * dt_h * cp.sum(v_slack)
+        if self.use_lines:
+            self.i_offset_re = cp.Parameter((r, steps), name="i_offset_re_a")
+            self.i_offset_im = cp.Parameter((r, steps), name="i_offset_im_a")
+            i_slack = cp.Variable((r, steps), nonneg=True, name="i_slack")
+            di = self.i_model
+            # currents in units of each conductor's rating (conditioning)
+            i_re, i_im = cp.Variable((r, steps), name="i_re"), cp.Variable((r, steps), name="i_im")
+            per = 1.0 / self.rating_a[:, None]
+            constraints += [i_re == self.i_offset_re + (per * di.d_p.real) @ p_nodes + (per * di.d_q.real) @ q_nodes,
+                            i_im == self.i_offset_im + (per * di.d_p.imag) @ p_nodes + (per * di.d_q.imag) @ q_nodes]
+            flat = lambda x: cp.reshape(x, (r * steps,), order="C")  # noqa: E731
+            bound = flat(1 + i_slack)
+            constraints.append(cp.SOC(bound, cp.vstack([flat(i_re), flat(i_im)]), axis=0))
+            slack_cost = slack_cost + config.line_slack_eur_per_h * dt_h * cp.sum(i_slack)
+        source_kw = self.s_model.d_p[0].real @ p_nodes + self.s_model.d_q[0].real @ q_nodes  # [T]
+        energy = cp.sum(cp.multiply(self.price_dt, source_kw))
+        objective = energy + cost + slack_cost + config.discomfort_eur_per_degc_h * penalty
+        self.problem = cp.Problem(cp.Minimize(objective), constraints)
+        assert self.problem.is_dpp()
+        self.build_seconds = time.perf_counter() - t0
+        self._compiled = False
+
+    # ------------------------------------------------------------------ one day
+    def _solve(self) -> float:
+        t0 = time.perf_counter()
+        options = SOLVER_OPTIONS.get(self.config.solver.upper(), {})
+        self.problem.solve(solver=self.config.solver, **options)
+        if self.problem.status not in ("optimal", "optimal_inaccurate"):
+            raise RuntimeError(f"reference OPF: solver status {self.problem.status}")
+        return time.perf_counter() - t0
+
+    def _ac(self, load_scale, p_inj, q_inj):
+        """AC solution of one day's nodal injections [T, n_inj] (numpy) with the env's solver."""
+        env = self.env
+        tensor = dict(device=env.device, dtype=env.dtype)
+        with torch.no_grad():
+            flow = env.solver.solve(torch.as_tensor(load_scale, **tensor), torch.as_tensor(p_inj, **tensor),
+                                    torch.as_tensor(q_inj, **tensor))
+            vm = env.voltage_monitor.magnitudes_pu(flow.v_pu).cpu().numpy()  # [T, m]
+            currents = (flow.branch_currents_a[..., torch.as_tensor(env.current_monitor.columns, device=env.device)]
+                        .cpu().numpy() if self.use_lines else None)
+        return flow, vm, currents
+
+    def plan_day(self, exo, b: int) -> tuple[list[np.ndarray], dict]:
+        """Plan day ``b`` of ``exo``; returns per-fleet actions ``[T, N, d]`` and a report."""
+        cfg, t_start = self.config, time.perf_counter()
+        load_scale = exo.load_scale[b].cpu().numpy()  # [T, L]
+        pv = exo.pv_injection_kw[b].cpu().numpy()  # [T, n_inj] (consumption sign)
+        temp, price = exo.temp_out_c[b].cpu().numpy(), exo.price_per_kwh[b].cpu().numpy()
+        for cf in self.fleets:
+            cf.set_day(temp, price)
+        self.price_dt.value = price * exo.dt_h
+        zeros = np.zeros_like(pv)
+        # linear model at the day's exogenous data: offsets [T, m] (devices add d_p p + d_q q)
+        v_base = self.v_model.evaluate(load_scale, pv, zeros)
+        i_base = self.i_model.evaluate(load_scale, pv, zeros) if self.use_lines else None
+        v_corr = np.zeros_like(v_base)
+        i_corr = None if i_base is None else np.zeros_like(i_base)
+        v_min, v_max = cfg.v_limits_pu
+        margin, solve_s, best, history = 0.0, 0.0, None, []
+        for k in range(cfg.max_iterations):
+            self.v_offset.value = (v_base + v_corr).T
+            self.v_lo.value, self.v_hi.value = v_min + margin, v_max - margin
+            if self.use_lines:
+                self.i_offset_re.value = ((i_base + i_corr) / self.rating_a).real.T
+                self.i_offset_im.value = ((i_base + i_corr) / self.rating_a).imag.T
+            solve_s += self._solve()
+            p_dev, q_dev = self.p_nodes.value.T, self.q_nodes.value.T  # [T, n_inj]
+            p_inj, q_inj = pv + p_dev, q_dev
+            flow, vm_ac, i_ac = self._ac(load_scale, p_inj, q_inj)
+            v_rate = float(((vm_ac < v_min) | (vm_ac > v_max)).mean())
+            i_rate = float((np.abs(i_ac) > self.rating_a).mean()) if self.use_lines else 0.0
+            converged = bool(flow.converged.all())
+            cost = float((price * flow.source_power_kw.cpu().numpy()).sum() * exo.dt_h
+                         + sum(float(np.asarray(cf.cost.value if hasattr(cf.cost, "value") else cf.cost))
+                               for cf in self.fleets))
+            record = {"iteration": k + 1, "ac_violation_rate": v_rate, "ac_line_overload_rate": i_rate,
+                      "ac_cost": cost, "margin_pu": margin, "objective": float(self.problem.value),
+                      "converged": converged}
+            history.append(record)
+            score = (not converged, v_rate + i_rate, cost)
+            if best is None or score < best[0]:
+                best = (score, [cf.actions() for cf in self.fleets], record,
+                        [cf.diagnostics() for cf in self.fleets])
+            if converged and v_rate == 0.0 and i_rate == 0.0:
+                break
+            # re-linearise around the AC solution: exact offsets at this plan, same sensitivities
+            v_corr = vm_ac - self.v_model.evaluate(load_scale, p_inj, q_inj)
+            if self.use_lines:
+                i_corr = i_ac - self.i_model.evaluate(load_scale, p_inj, q_inj)
+            if k >= 1:
+                margin = min(margin + cfg.margin_step_pu, cfg.max_margin_pu)
+        _, actions, final, diagnostics = best
+        report = {"iterations": len(history), "solve_seconds": solve_s,
+                  "wall_seconds": time.perf_counter() - t_start, **{k: final[k] for k in (
+                      "ac_violation_rate", "ac_line_overload_rate", "ac_cost", "margin_pu")},
+                  "history": history, "diagnostics": diagnostics}
+        return actions, report
+
+
+@hookimpl
+def gridflex_register_learners(register) -> None:
+    register(ReferenceLearner)
