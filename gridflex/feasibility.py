@@ -63,7 +63,7 @@ class FeasibilityLayer:
 
     def __init__(self, linear: LinearNetwork, monitor_a, monitor_b=None, v_limits_pu=(0.95, 1.05), *,
                  current_columns=(), rating_a=(), scale_kw: float = 10.0, slack_weight: float = 1e3,
-                 solver: str = "CLARABEL"):
+                 solve_method: str = "Clarabel"):
         import cvxpy as cp
         from cvxpylayers.torch import CvxpyLayer
 
@@ -93,7 +93,10 @@ class FeasibilityLayer:
             variables.append(sigma_i)
         self.problem = cp.Problem(cp.Minimize(objective), constraints)
         assert self.problem.is_dpp()
-        self.layer = CvxpyLayer(self.problem, parameters=params, variables=variables, solver=solver)
+        # diffcp differentiates the conic program; Clarabel (interior point) solves it to the
+        # accuracy gradcheck needs (SCS's first-order accuracy does not)
+        self.layer = CvxpyLayer(self.problem, parameters=params, variables=variables,
+                                solver_args={"solve_method": solve_method})
         self._m, self._r = m, r
 
     def _offsets(self, load_scale: torch.Tensor) -> list[torch.Tensor]:
@@ -112,7 +115,11 @@ class FeasibilityLayer:
         flat = lambda x: x.expand(*shape, x.shape[-1]).reshape(-1, x.shape[-1])  # noqa: E731
         p, q, l = flat(p_kw), flat(q_kvar), flat(load_scale)
         s = self.scale_kw
-        out = self.layer(p / s, q / s, *self._offsets(l))
+        offsets = self._offsets(l)
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (p, q, *offsets))
+        # dense KKT derivative: diffcp's default LSQR is too inexact for gradcheck; the option is
+        # only valid when a derivative is computed
+        out = self.layer(p / s, q / s, *offsets, solver_args={"mode": "dense"} if grad else None)
         y_p, y_q, sigma_v = out[0], out[1], out[2]
         sigma_i = out[3] if self._r else y_p.new_zeros(y_p.shape[0], 0)
         dist = (y_p - p / s).square().sum(-1) + (y_q - q / s).square().sum(-1)

@@ -21,6 +21,7 @@ PRICES = (0.10, 0.20, 0.50, 0.40)  # EUR/kWh, one price profile every day
 T = len(PRICES)
 N_TOY = 4
 DEGRADATION = 0.01  # EUR/kWh of throughput
+ITERATIONS = 120
 TERMINAL_EUR_PER_KWH = 1.0  # end-of-day shortfall price (> any price: never worth selling below e_0)
 
 
@@ -82,7 +83,7 @@ def test_toy_battery_arbitrage_reaches_the_lp_optimum():
     """IPPO's agents, GAE and clipped update (the learner's own code) on 4 independent batteries.
 
     Optimum: -1.9 EUR/day per battery (:func:`toy_optimum`); an idle battery costs 0 and the
-    initial policy (u ~ 0.5 = idle, exploring) about 0. Tolerance: after 150 iterations of 32 days,
+    initial policy (u ~ 0.5 = idle, exploring) about 0. Tolerance: after 120 iterations of 64 days,
     every agent's deterministic policy (the median action) is within 0.1 EUR/day of the optimum,
     i.e. it captures >= 95 % of the achievable arbitrage profit.
     """
@@ -90,16 +91,15 @@ def test_toy_battery_arbitrage_reaches_the_lp_optimum():
     optimum = toy_optimum()
     assert optimum == pytest.approx(-1.9, abs=1e-9)
     battery = toy_battery()
-    agent = FleetActorCritic(N_TOY, T + 2, 1, [16], [16], "tanh", log_std_init=0.0,
+    agent = FleetActorCritic(N_TOY, T + 2, 1, [16], [16], "tanh", squash="clip", log_std_init=-1.0,
                              generator=torch.Generator().manual_seed(1))
     agent.normaliser.update(toy_rollout(battery, lambda o: torch.full((*o.shape[:-1], 1), 0.5, dtype=o.dtype), 8)[0])
     agent.return_scale.fill_(1.0)
-    optimizer = torch.optim.Adam([{"params": agent.actor_parameters(), "lr": 3e-3},
-                                  {"params": agent.critic_parameters(), "lr": 3e-3}])
-    settings = PPOSettings(clip=0.2, epochs=8, minibatches=2, max_grad_norm=1.0)
+    optimizer = torch.optim.Adam([*agent.actor_parameters(), *agent.critic_parameters()], lr=1e-2)
+    settings = PPOSettings(clip=0.2, epochs=4, minibatches=1, max_grad_norm=1.0)
     sampler, shuffler = torch.Generator().manual_seed(2), torch.Generator().manual_seed(3)
-    for _ in range(150):
-        obs, outputs, rewards = toy_rollout(battery, lambda o: agent.sample(o, sampler), 32)
+    for _ in range(ITERATIONS):
+        obs, outputs, rewards = toy_rollout(battery, lambda o: agent.sample(o, sampler), 64)
         z = torch.stack([out[1] for out in outputs], 1)
         log_prob = torch.stack([out[2] for out in outputs], 1)
         batch = fleet_batch(agent, obs, z, log_prob, rewards, gamma=1.0, lam=0.95)

@@ -62,9 +62,14 @@ def test_wheel_installs_and_runs_the_embedded_default(tmp_path):
     assert validated.returncode == 0, validated.stderr
     plugins = subprocess.run([str(gridflex), "plugins"], capture_output=True, text=True, cwd=tmp_path)
     assert "ac3ph" in plugins.stdout
+    # the embedded default, shortened: one training iteration, one test day, no references
+    quick = ["-o", "learner.params.budget_iterations=1", "-o", "learner.params.warm_start_epochs=1",
+             "-o", "data.n_test_days=1", "-o", "data.n_validation_days=1",
+             "-o", "environment.regulated_evaluation=false", "--no-references"]
     ran = subprocess.run(
-        [str(gridflex), "run"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        [str(gridflex), "run", *quick, "--out", str(tmp_path / "run")], capture_output=True,
+        text=True, cwd=tmp_path, timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
     assert ran.returncode == 0, ran.stderr
     assert "converged=True" in ran.stdout
+    assert (tmp_path / "run" / "metrics.json").is_file()

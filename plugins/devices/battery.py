@@ -283,7 +283,7 @@ class Battery(DeviceModel):
 
         def diagnostics():
             both = np.minimum(charge.value, discharge.value)
-            return {"simultaneous_charge_discharge": int((both > 1e-4).sum()),
+            return {"simultaneous_charge_discharge": int((both > 1e-2).sum()),  # > 10 W: beyond solver tolerance
                     "max_simultaneous_kw": float(both.max()) if both.size else 0.0}
 
         return ConvexFleet(constraints, cost, 0.0, p_kw, q_kvar, lambda temp, price: None, actions, to_u,

@@ -3,9 +3,9 @@
 One outer iteration (:meth:`IPPO.train_iteration`), every step vectorised over agents and days:
 
 1. **Roll out** ``days_per_batch`` training days closed loop under ``torch.no_grad()``: each
-   agent samples ``z ~ N(mu_i(o_i), sigma_i^2)`` from its own observation and applies
-   ``u = sigmoid(z)`` (:mod:`.agents`); the environment runs the device dynamics and one exact AC
-   power flow per day-step (counted in ``power_flow_solves``, as for GradMAP).
+   agent samples ``x ~ N(mu_i(o_i), sigma_i^2)`` from its own observation and applies
+   ``u = clip(x, 0, 1)`` (or ``sigmoid(x)``; :mod:`.agents`); the environment runs the device
+   dynamics and one exact AC power flow per day-step (counted in ``power_flow_solves``, as for GradMAP).
 2. **Rewards** per agent and step (:mod:`.rewards`): own bill share, own node-phase voltage
    residual, own comfort, end-of-day residuals at the last step, plus a weighted global share.
 3. **Values and GAE** per agent (:func:`.ppo.gae`), with each agent's critic predicting returns in
@@ -18,7 +18,7 @@ One outer iteration (:meth:`IPPO.train_iteration`), every step vectorised over a
 **Warm-up** (inside the training clock, like GradMAP's): one ``no_control`` rollout initialises
 the observation statistics and each agent's ``return_scale`` (RMS of its shaped returns-to-go,
 at least ``return_scale_min_eur``), and ``warm_start_epochs`` epochs of behaviour cloning fit the
-actors' means ``sigmoid(mu)`` onto the no-control outputs, so exploration starts around the
+actors' deterministic outputs onto the no-control outputs, so exploration starts around the
 no-control schedule rather than at ``u = 0.5``.
 
 Counters: ``env_gradient_evaluations`` stays 0 (the environment is never differentiated);
@@ -49,9 +49,11 @@ class IPPOConfig(TrainingConfig):
     hidden_sizes: list[int] = Field([32, 32], description="hidden layer widths of every agent's actor MLP (Gaussian mean)")
     critic_hidden_sizes: list[int] = Field([32, 32], description="hidden layer widths of every agent's critic MLP")
     activation: Literal["tanh", "relu", "silu"] = Field("tanh", description="hidden activation of actors and critics")
-    log_std_init: float = Field(-0.5, ge=-10, le=2, description="initial per-agent log-std of the Gaussian in logit units")
-    log_std_min: float = Field(-5.0, ge=-20, description="lower clamp of the log-std (logit units)")
-    log_std_max: float = Field(1.0, le=5, description="upper clamp of the log-std (logit units)")
+    squash: Literal["clip", "sigmoid"] = Field(
+        "clip", description="u = clip(x, 0, 1) (censored Gaussian, exact likelihood) or sigmoid(x) (agents.py)")
+    log_std_init: float = Field(-1.0, ge=-10, le=2, description="initial per-agent log-std of the Gaussian (u-units for clip, logit units for sigmoid)")
+    log_std_min: float = Field(-5.0, ge=-20, description="lower clamp of the log-std")
+    log_std_max: float = Field(1.0, le=5, description="upper clamp of the log-std")
     # optimisation
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam step size of the actors (means and log-stds)")
     critic_learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam step size of the critics")
@@ -99,7 +101,7 @@ class IPPO(TrainableLearner):
         init = torch.Generator().manual_seed(int(seed))
         self.agents = torch.nn.ModuleList(
             FleetActorCritic(f.n_agents, env.obs_dim(i), f.model.action_dim, config.hidden_sizes,
-                             config.critic_hidden_sizes, config.activation, config.log_std_init,
+                             config.critic_hidden_sizes, config.activation, config.squash, config.log_std_init,
                              (config.log_std_min, config.log_std_max), init, device=env.device)
             for i, f in enumerate(env.fleets))
         actor = [p for a in self.agents for p in a.actor_parameters()]
@@ -118,7 +120,7 @@ class IPPO(TrainableLearner):
     # ------------------------------------------------------------------ acting
     def act(self, fleet_index: int, t: int, obs: torch.Tensor, state: torch.Tensor,
             inputs: StepInputs) -> torch.Tensor:
-        """Deterministic decentralised controller: ``u = sigmoid(mu_i(o_i))`` ``[B, N, d]``."""
+        """Deterministic decentralised controller: ``u = squash(mu_i(o_i))`` ``[B, N, d]``."""
         return self.agents[fleet_index].deterministic(obs)
 
     def _explore(self, exo):
@@ -161,8 +163,9 @@ class IPPO(TrainableLearner):
                                                          [t.u for t in rollout.fleets])
 
     def _behaviour_clone(self, observations, targets) -> int:
-        """Fit the actors' means ``sigmoid(mu)`` onto ``targets`` ``[B, T, N, d]`` by squared error
-        (per-agent sum, per-agent clipping); returns the optimiser steps."""
+        """Fit the actors' deterministic outputs onto ``targets`` ``[B, T, N, d]`` by squared error
+        (per-agent sum, per-agent clipping; for ``clip`` the unclipped mean is fitted, so that the
+        gradient does not vanish outside ``[0, 1]``); returns the optimiser steps."""
         cfg = self.config
         xs = [to_agent_major(o).to(a.log_std.dtype) for o, a in zip(observations, self.agents)]
         ys = [to_agent_major(y).to(a.log_std.dtype) for y, a in zip(targets, self.agents)]
@@ -173,7 +176,8 @@ class IPPO(TrainableLearner):
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = 0.0
                 for agent, x, y in zip(self.agents, xs, ys):
-                    pred = torch.sigmoid(agent.policy.logits_agent_major(x[:, idx]))
+                    mean = agent.mean_agent_major(agent.normalise_agent_major(x[:, idx]))
+                    pred = mean if agent.squash == "clip" else agent.to_u(mean)
                     loss = loss + (pred - y[:, idx]).square().sum(-1).mean(1).sum()
                 loss.backward()
                 for agent in self.agents:
