@@ -92,10 +92,13 @@ def replay(run_dir: Path, tolerance: float = 1e-8) -> dict:
                         "kW=0 kvar=0 model=1 vminpu=0.3 vmaxpu=3.0")
     circuit = ctx.ActiveCircuit
     loads = circuit.Loads
-    nominal = {}
-    for load in s["load_elements"]:
-        loads.Name = str(load).split(".", 1)[1]
-        nominal[str(load)] = (loads.kW, loads.kvar)
+    index = {name.lower(): k + 1 for k, name in enumerate(loads.AllNames)}  # Loads.idx is 1-based
+    spot_idx = [index[str(load).split(".", 1)[1]] for load in s["load_elements"]]
+    inj_idx = [index[f"gfx_inj{k}"] for k in range(len(s["injection_nodes"]))]
+    nominal = []
+    for idx in spot_idx:
+        loads.idx = idx
+        nominal.append((loads.kW, loads.kvar))
     engine_names = [n.lower() for n in circuit.AllNodeNames]
     order = np.array([engine_names.index(n) for n in names])
     days, steps = s["p_kw"].shape[:2]
@@ -105,13 +108,13 @@ def replay(run_dir: Path, tolerance: float = 1e-8) -> dict:
     t0 = time.perf_counter()
     for d in range(days):
         for t in range(steps):
-            for l, load in enumerate(s["load_elements"]):
-                loads.Name = str(load).split(".", 1)[1]
-                kw, kvar = nominal[str(load)]
-                loads.kW = kw * float(s["load_scale"][d, t, l])
+            for l, idx in enumerate(spot_idx):
+                loads.idx = idx
+                kw, kvar = nominal[l]
+                loads.kW = kw * float(s["load_scale"][d, t, l])  # kW first: it resets kvar
                 loads.kvar = kvar * float(s["load_scale"][d, t, l])
-            for k in range(len(s["injection_nodes"])):
-                loads.Name = f"gfx_inj{k}"
+            for k, idx in enumerate(inj_idx):
+                loads.idx = idx
                 loads.kW = float(s["p_kw"][d, t, k])
                 loads.kvar = float(s["q_kvar"][d, t, k])
             circuit.Solution.Solve()

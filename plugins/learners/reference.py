@@ -15,7 +15,9 @@ Per day, one convex program over all devices and steps with full knowledge of th
 with the linearised network of :mod:`gridflex.linearised` (sensitivities ``M, K, A, B, g`` at the
 base case, constants). It is built **once** per environment as a DPP cvxpy problem: the day's
 data (load levels, PV, temperatures, prices) and the AC corrections enter only as Parameters, and
-each solve (Clarabel) reuses the compiled problem.
+each solve (Clarabel) reuses the compiled problem. Above ``dpp_max_agent_steps`` (IEEE 123 x
+1,000 agents) cvxpy's DPP parameter tensor does not fit in memory (34 GiB measured), so the same
+problem is solved with ``ignore_dpp`` (Parameters as constants, recompiled per solve).
 
 **AC re-linearisation.** The plan is re-evaluated with the environment's exact AC solver; the
 model is then re-linearised around that AC solution: the offsets ``c_V,t, c_I,t`` become
@@ -70,6 +72,9 @@ class ReferenceLearner(Learner):
         discomfort_eur_per_degc_h: float = Field(50.0, gt=0, description="price of soft device residuals, e.g. heat-pump discomfort (EUR per degC h)")
         solver: str = Field("CLARABEL", description="cvxpy conic solver")
         linearisation_load_mult: float = Field(1.0, ge=0, description="load level of the base-case linearisation point (-)")
+        dpp_max_agent_steps: int = Field(
+            20000, ge=0, description="above this many agent-steps, solve with parameters as constants (recompile per solve): "
+            "cvxpy's DPP parameter tensor grows with rows x variables and exhausts memory on IEEE 123 x 1,000 agents")
 
     def __init__(self, config, env, *, seed: int = 0):
         config = config if isinstance(config, self.Config) else self.Config.model_validate(config or {})
@@ -184,6 +189,7 @@ class ReferenceOPF:
         objective = energy + cost + slack_cost + config.discomfort_eur_per_degc_h * penalty
         self.problem = cp.Problem(cp.Minimize(objective), constraints)
         assert self.problem.is_dpp()
+        self.ignore_dpp = env.n_agents * steps > config.dpp_max_agent_steps
         self.build_seconds = time.perf_counter() - t0
         self._compiled = False
 
@@ -191,7 +197,7 @@ class ReferenceOPF:
     def _solve(self) -> float:
         t0 = time.perf_counter()
         options = SOLVER_OPTIONS.get(self.config.solver.upper(), {})
-        self.problem.solve(solver=self.config.solver, **options)
+        self.problem.solve(solver=self.config.solver, ignore_dpp=self.ignore_dpp, **options)
         if self.problem.status not in ("optimal", "optimal_inaccurate"):
             raise RuntimeError(f"reference OPF: solver status {self.problem.status}")
         return time.perf_counter() - t0
