@@ -101,7 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     n_days = next(iter(documents.values()))["n_test_days"]
     print(f"\ntest metrics over {n_days} test days (exact AC power flow):")
     print(results_table(documents))
-    print(f"\nwrote {out_dir}/metrics.json (reference controllers in {out_dir}/baselines/)")
+    where = f" (reference controllers in {out_dir}/baselines/)" if len(documents) > 1 else ""
+    print(f"\nwrote {out_dir}/metrics.json{where}")
     return EXIT_OK
 
 

@@ -237,8 +237,8 @@ class EngineCase:
         scale = np.broadcast_to(1.0 if load_scale is None else np.asarray(load_scale, float),
                                 (len(self.load_names),))
         loads = self.circuit.Loads
-        for name, factor, kw0, kvar0 in zip(loads.AllNames, scale, self._load_kw0, self._load_kvar0):
-            loads.Name = name
+        for k, (factor, kw0, kvar0) in enumerate(zip(scale, self._load_kw0, self._load_kvar0)):
+            loads.idx = k + 1  # by index: a lookup by name costs more than the solve itself
             loads.kW = kw0 * factor
             loads.kvar = kvar0 * factor  # after kW: setting kW recomputes kvar from the PF
 
