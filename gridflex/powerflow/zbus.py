@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from gridflex.errors import UserError
 from gridflex.grid import Grid
 from gridflex.powerflow import loads as lm
 
@@ -223,7 +224,12 @@ def build_network(
 def _load_exponents(model: np.ndarray, cvr_p: np.ndarray, cvr_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     unknown = set(np.unique(model)) - {1, 2, 4, 5}
     if unknown:
-        raise NotImplementedError(f"OpenDSS load model(s) {sorted(unknown)} are not supported (1, 2, 4, 5 are)")
+        raise UserError(
+            f"the feeder uses OpenDSS load model(s) {sorted(int(m) for m in unknown)}, which ac3ph "
+            "does not support; supported: 1 (constant PQ), 2 (constant Z), 4 (exponential), "
+            "5 (constant |I|). Set those loads to a supported model, or use feeder.load_model: "
+            "constant_pq in the scenario"
+        )
     base = np.select([model == 1, model == 2, model == 5], [0.0, 2.0, 1.0], default=np.nan)
     exp_p = np.where(model == 4, cvr_p, base)
     exp_q = np.where(model == 4, cvr_q, base)
