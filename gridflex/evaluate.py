@@ -28,7 +28,7 @@ class Evaluation:
 
 
 def held_out_days(world: World) -> DaySet:
-    """Evaluation only: the scenario's test days (the first ``data.n_test_days`` of the split)."""
+    """Evaluation only: the held-out test split (``evaluate`` spreads ``data.n_test_days`` over it)."""
     cfg = world.loaded.config
     pop_seed = cfg.seed if cfg.population.seed is None else cfg.population.seed
     days = load_test_days(dt_h=cfg.data.dt_h, n_agents=len(world.env.households), seed=pop_seed)

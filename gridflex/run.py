@@ -64,7 +64,7 @@ def plan_run(loaded: LoadedScenario, registry: Any, pm: Any = None) -> RunPlan:
     grid = build_grid(feeder).with_load_model(cfg.feeder.load_model)
     solver_cls = registry.get("solver", cfg.solver.type)
     solver = solver_cls(grid, loaded.component_config("solver"), device=device)
-    load_scale = torch.full((grid_load_count(grid),), cfg.feeder.load_mult, dtype=torch.float64)
+    load_scale = torch.full((len(grid.load_elements),), cfg.feeder.load_mult, dtype=torch.float64)
     base = solver.solve(load_scale=load_scale.to(device))
     elapsed = time.perf_counter() - t0
 
@@ -98,10 +98,6 @@ def plan_run(loaded: LoadedScenario, registry: Any, pm: Any = None) -> RunPlan:
     else:
         lines.append(f"learner    {cfg.learner.type} {cfg.learner.params}")
     return RunPlan(loaded, device, grid, solver, base, lines)
-
-
-def grid_load_count(grid: Any) -> int:
-    return len(grid.load_elements)
 
 
 def default_out_dir(name: str) -> Path:
