@@ -76,17 +76,24 @@ class VoltageMonitor:
     def __len__(self) -> int:
         return len(self.names)
 
+    def _indices(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """(all monitored, line-to-line positions, their nodes a and b) on ``device``, cached."""
+        cache = self.__dict__.setdefault("_index_cache", {})
+        if device not in cache:
+            ll = np.flatnonzero(self.node_b >= 0)
+            cache[device] = tuple(
+                torch.as_tensor(x, device=device)
+                for x in (self.node_a, ll, self.node_a[ll], self.node_b[ll])
+            )
+        return cache[device]
+
     def magnitudes_pu(self, v_pu: torch.Tensor) -> torch.Tensor:
         """``[..., n_nodes]`` complex pu -> ``[..., n_monitored]`` magnitudes (pu)."""
-        a = torch.as_tensor(self.node_a, device=v_pu.device)
+        a, ll, ll_a, ll_b = self._indices(v_pu.device)
         vm = v_pu[..., a].abs()
-        ll = np.flatnonzero(self.node_b >= 0)
-        if ll.size == 0:
+        if ll.numel() == 0:
             return vm
-        idx = torch.as_tensor(ll, device=v_pu.device)
-        va = v_pu[..., torch.as_tensor(self.node_a[ll], device=v_pu.device)]
-        vb = v_pu[..., torch.as_tensor(self.node_b[ll], device=v_pu.device)]
-        return vm.index_copy(-1, idx, (va - vb).abs() / math.sqrt(3.0))
+        return vm.index_copy(-1, ll, (v_pu[..., ll_a] - v_pu[..., ll_b]).abs() / math.sqrt(3.0))
 
 
 def voltage_monitor(feeder: Feeder, grid: Grid) -> VoltageMonitor:
@@ -128,9 +135,13 @@ class CurrentMonitor:
 
     def loading(self, branch_currents_a: torch.Tensor) -> torch.Tensor:
         """``|I| / I_max`` per rated conductor ``[..., n_rated]``."""
-        cols = torch.as_tensor(self.columns, device=branch_currents_a.device)
-        rating = torch.as_tensor(self.rating_a, device=branch_currents_a.device)
-        return branch_currents_a[..., cols].abs() / rating.to(branch_currents_a.real.dtype)
+        device, dtype = branch_currents_a.device, branch_currents_a.real.dtype
+        cache = self.__dict__.setdefault("_index_cache", {})
+        if (device, dtype) not in cache:
+            cache[(device, dtype)] = (torch.as_tensor(self.columns, device=device),
+                                      torch.as_tensor(self.rating_a, device=device, dtype=dtype))
+        cols, rating = cache[(device, dtype)]
+        return branch_currents_a[..., cols].abs() / rating
 
 
 def current_monitor(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -101,7 +101,6 @@ class Rollout:
     q_injection_kvar: torch.Tensor
     flow: object  # PowerFlowResult over [B, T]
     taps: np.ndarray | None = None  # [B, T, n_reg] when a tap controller ran
-    extras: dict = field(default_factory=dict)
 
 
 class Environment:
@@ -160,6 +159,7 @@ class Environment:
         inv_p = np.where(hh.spot_p_kw > 0, 1.0 / np.maximum(hh.spot_p_kw, 1e-12), 0.0)
         load_map[np.arange(len(hh)), hh.load] = torch.as_tensor(inv_p[hh.load], **tensor)
         self._load_map = load_map  # [H, L]: household kW -> spot load scale
+        self._injection_index = torch.as_tensor(self.injection_nodes, device=self.device)
         self._fleet_maps = []
         self._fleet_households = []
         for fleet in self.fleets:
@@ -320,12 +320,8 @@ class Environment:
 
     def _agent_voltages(self, vm_pu: torch.Tensor) -> list[torch.Tensor]:
         """Each agent's own node |V| [B, N] (mean over phases for three-phase devices)."""
-        out = []
-        for f, fleet in enumerate(self.fleets):
-            nodes = torch.as_tensor(self.injection_nodes, device=self.device)
-            vm_inj = vm_pu[:, nodes]  # [B, n_inj]
-            out.append(vm_inj @ self._fleet_maps[f].T)
-        return out
+        vm_inj = vm_pu[:, self._injection_index]  # [B, n_inj]
+        return [vm_inj @ fleet_map.T for fleet_map in self._fleet_maps]
 
     def with_taps_solver(self, taps: dict[str, int]):
         """A solver for this environment's injection nodes at other regulator taps."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from gridflex.env import Environment, Rollout
@@ -143,7 +142,3 @@ def monitored_nodes_table(env: Environment) -> str:
         lines.append(name + suffix)
     return "\n".join(lines) + "\n"
 
-
-def summarize(values: list[float]) -> dict[str, float]:
-    arr = np.asarray(values, dtype=float)
-    return {"median": float(np.median(arr)), "q25": float(np.quantile(arr, 0.25)), "q75": float(np.quantile(arr, 0.75))}
