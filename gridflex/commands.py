@@ -103,6 +103,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(results_table(documents))
     where = f" (reference controllers in {out_dir}/baselines/)" if len(documents) > 1 else ""
     print(f"\nwrote {out_dir}/metrics.json{where}")
+    from gridflex.report import write_plots
+
+    plots = write_plots(out_dir)
+    print(f"plots: {', '.join(str(p) for p in plots)}")
     return EXIT_OK
 
 

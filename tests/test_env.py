@@ -212,6 +212,7 @@ def test_run_writes_metrics_and_verify_agrees_with_opendss(tmp_path, cli):
     for name in ("no_control", "droop"):
         assert (out / "baselines" / name / "metrics.json").is_file()
     assert "rule_based" in stdout and "no_control" in stdout
+    assert (out / "plots" / "voltage_envelope.png").stat().st_size > 10_000
     code, stdout, err = cli("verify", str(out), "--json", str(tmp_path / "verify.json"))
     assert code == 0, err
     report = json.loads((tmp_path / "verify.json").read_text())
