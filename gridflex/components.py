@@ -185,7 +185,10 @@ class ConvexFleet:
       units of :meth:`DeviceModel.action`;
     * ``to_u(action [B, N, d], state, inputs)``: the policy output ``u`` that reproduces a
       planned action at a step through :meth:`DeviceModel.action_bounds` (torch);
-    * ``diagnostics()``: small dict of plan checks (e.g. simultaneous charge and discharge).
+    * ``diagnostics()``: small dict of plan checks (e.g. simultaneous charge and discharge);
+    * ``exclude_simultaneous()``: after a solve, forbid the minority direction wherever the plan
+      both charges and discharges (a device that cannot do both at once) and return how many
+      agent-steps it changed (0: the plan is physical as it stands); ``set_day`` lifts the bans.
     """
 
     constraints: list
@@ -197,6 +200,7 @@ class ConvexFleet:
     actions: Callable[[], object]
     to_u: Callable[[torch.Tensor, torch.Tensor, StepInputs], torch.Tensor]
     diagnostics: Callable[[], dict] = lambda: {}
+    exclude_simultaneous: Callable[[], int] = lambda: 0
 
 
 class NetworkSolver(Component):

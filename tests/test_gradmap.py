@@ -149,3 +149,92 @@ def test_learners_smoke_and_comparison_contract(setup, tmp_path):
         fresh.load_state_dict(state["learner"])
         assert fresh.env_gradient_evaluations == 2
         torch.load(run_dir / "policy.pt", weights_only=True)
+
+
+# ---------------------------------------------------------------- feasibility network term (issue #6)
+def _feasibility_term(world, v_limits, line_limits=True):
+    pytest.importorskip("cvxpylayers")
+    from plugins.learners.gradmap.lagrangian import FeasibilityTerm
+
+    return FeasibilityTerm(world.env, v_limits, line_limits, 0.01)
+
+
+def test_feasibility_term_screen_and_gradient(setup):
+    """g_F is zero with zero gradient w.r.t. u on a feasible batch; on a mixed batch the numpy
+    screen agrees with the layer, the gradient w.r.t. u is nonzero, and the layer gradient routed
+    through the screen matches central differences in the injections."""
+    _, _, _, _, world = setup
+    env = world.env
+    exo = fixed_days(world, 1)
+    learner = make_learner(setup)
+    with torch.no_grad():
+        u0 = [traj.u for traj in env.rollout(exo, learner.act).fleets]
+
+    def term_and_grad(term):
+        us = [x.clone().requires_grad_(True) for x in u0]
+        ro = env.rollout(exo, u_fixed=us)
+        d = term(ro.p_injection_kw, ro.q_injection_kvar, exo.load_scale)
+        g = torch.autograd.grad(d.sum(), us, allow_unused=True, materialize_grads=True)
+        return ro, d, torch.cat([x.reshape(-1) for x in g])
+
+    wide = _feasibility_term(world, (0.5, 1.5), line_limits=False)
+    ro, d, g = term_and_grad(wide)
+    assert d.shape == (1, 24) and wide.last_active_share == 0.0
+    assert torch.equal(d, torch.zeros_like(d)) and torch.equal(g, torch.zeros_like(g))
+    # the screen's premise: the layer itself gives ~0 distance and gradient at feasible points
+    p = ro.p_injection_kw.detach()[0, :3].clone().requires_grad_(True)
+    q, scale = ro.q_injection_kvar.detach()[0, :3], exo.load_scale[0, :3]
+    d_layer = wide.layer.squared_distance(p, q, scale)
+    (g_layer,) = torch.autograd.grad(d_layer.sum(), p)
+    assert d_layer.abs().max() < 1e-6 and g_layer.abs().max() < 1e-4
+
+    # upper limit at the median over steps of the linearised max |V|: about half the steps violate it
+    p, q, scale = (x.detach()[0].numpy() for x in (ro.p_injection_kw, ro.q_injection_kvar, exo.load_scale))
+    hi = float(np.median(wide.layer.v_model.evaluate(scale, p, q).max(-1)))
+    mixed = _feasibility_term(world, (0.5, hi), line_limits=False)
+    ro, d, g = term_and_grad(mixed)
+    screened = torch.from_numpy(mixed.linear_feasible(p, q, scale))
+    assert 0 < int(screened.sum()) < 24 and 0.0 < mixed.last_active_share < 1.0
+    assert torch.equal(d[0, screened], torch.zeros(int(screened.sum()), dtype=d.dtype))
+    assert d[0, ~screened].max() > 1e-3
+    p_t, q_t, s_t = (torch.from_numpy(x) for x in (p, q, scale))
+    with torch.no_grad():
+        assert mixed.layer.squared_distance(p_t[screened], q_t[screened], s_t[screened]).abs().max() < 1e-6
+    assert g.abs().max() > 0
+
+    x = p_t.clone().requires_grad_(True)
+    (g_p,) = torch.autograd.grad(mixed(x, q_t, s_t).sum(), x)
+    # KKT adjoint vs the closed form 2 (x - y*) / s^2 of a squared distance to a convex set
+    with torch.no_grad():
+        y = mixed.layer.project(p_t, q_t, s_t).p_kw
+    closed = 2 * (p_t - y) / mixed.scale_kw ** 2
+    assert torch.equal(g_p[screened], torch.zeros_like(g_p[screened]))
+    assert float((g_p - closed).norm()) < 1e-3 * float(closed.norm())
+    direction = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    h = 0.1  # kW (s ~ 35 kW: curvature negligible; smaller h meets the solver noise)
+    with torch.no_grad():
+        fd = (mixed(p_t + h * direction, q_t, s_t).sum() - mixed(p_t - h * direction, q_t, s_t).sum()) / (2 * h)
+    assert float(fd) == pytest.approx(float((g_p * direction).sum()), rel=1e-3, abs=1e-6)
+
+
+def test_gradmap_feasibility_network_term_smoke(setup, tmp_path):
+    pytest.importorskip("cvxpylayers")
+    _, _, _, _, world = setup
+    learner = make_learner(setup, network_term="feasibility_distance", budget_iterations=2)
+    assert learner.duals.uses_feasibility and learner.duals.network() == [learner.duals.feasibility]
+    voltage_before = learner.duals.voltage.clone()
+    feasibility_before = learner.duals.feasibility.clone()
+    result = Trainer(world, out_dir=tmp_path, progress=False).fit(learner)
+    assert result.iterations == 2 and learner.env_gradient_evaluations == 2
+    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
+    distances = [float(r["train_feasibility_distance"]) for r in rows[1:]]
+    assert len(distances) == 2 and all(np.isfinite(distances))
+    # the tiny world's no-control days sag below the training limit: the hourly dual ascends,
+    # the (unused) AC voltage duals do not
+    assert max(distances) > 0
+    assert not torch.equal(learner.duals.feasibility, feasibility_before)
+    assert torch.equal(learner.duals.voltage, voltage_before)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    fresh = make_learner(setup, network_term="feasibility_distance")
+    fresh.load_state_dict(state["learner"])
+    assert torch.equal(fresh.duals.feasibility, learner.duals.feasibility)

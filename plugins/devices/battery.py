@@ -245,9 +245,11 @@ class Battery(DeviceModel):
         ``[N, T]`` (kW), energy ``e [N, T+1]`` (kWh) with the efficiency balance, ``e_min <= e <=
         e_max``, ``p+, p- <= p_max``, ``e_0`` = the initial energy, and the end-of-day condition
         ``e_T >= e_0`` hard. Degradation ``c_deg (p+ + p-) dt`` on both, so simultaneous charge
-        and discharge always costs (it could only pay where wasting energy relieves the
-        network); :meth:`ConvexFleet.diagnostics` counts such samples. Optional ``q`` within
-        the inverter circle (SOC).
+        and discharge always costs; it can still pay where wasting energy relieves the network
+        (a priced voltage slack), so ``exclude_simultaneous`` bans the minority direction at
+        those agent-steps (0/1 Parameters on the power limits) for the caller's re-solve, and
+        :meth:`ConvexFleet.diagnostics` counts what is left. Optional ``q`` within the inverter
+        circle (SOC).
         """
         n, dt = self.n_agents, self.dt_h
         col = lambda x: x.detach().cpu().numpy()[:, None]  # noqa: E731  [N, 1]
@@ -257,8 +259,11 @@ class Battery(DeviceModel):
         discharge = cp.Variable((n, steps), nonneg=True, name="battery_discharge_kw")
         energy = cp.Variable((n, steps + 1), name="battery_energy_kwh")
         ones = np.ones((1, steps))
+        allow_charge = cp.Parameter((n, steps), nonneg=True, name="battery_allow_charge", value=np.ones((n, steps)))
+        allow_discharge = cp.Parameter((n, steps), nonneg=True, name="battery_allow_discharge",
+                                       value=np.ones((n, steps)))
         constraints = [
-            charge <= p_max * ones, discharge <= p_max * ones,
+            charge <= cp.multiply(p_max * ones, allow_charge), discharge <= cp.multiply(p_max * ones, allow_discharge),
             energy[:, 0] == e0[:, 0],
             energy[:, 1:] == energy[:, :-1] + dt * (cp.multiply(eta_c * ones, charge)
                                                     - cp.multiply(ones / eta_d, discharge)),
@@ -286,5 +291,15 @@ class Battery(DeviceModel):
             return {"simultaneous_charge_discharge": int((both > 1e-2).sum()),  # > 10 W: beyond solver tolerance
                     "max_simultaneous_kw": float(both.max()) if both.size else 0.0}
 
-        return ConvexFleet(constraints, cost, 0.0, p_kw, q_kvar, lambda temp, price: None, actions, to_u,
-                           diagnostics)
+        def set_day(temp, price):
+            allow_charge.value, allow_discharge.value = np.ones((n, steps)), np.ones((n, steps))
+
+        def exclude_simultaneous() -> int:
+            both = np.minimum(charge.value, discharge.value) > 1e-2
+            net = charge.value - discharge.value
+            allow_charge.value = np.where(both & (net < 0), 0.0, allow_charge.value)
+            allow_discharge.value = np.where(both & (net >= 0), 0.0, allow_discharge.value)
+            return int(both.sum())
+
+        return ConvexFleet(constraints, cost, 0.0, p_kw, q_kvar, set_day, actions, to_u, diagnostics,
+                           exclude_simultaneous)

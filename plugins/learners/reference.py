@@ -67,11 +67,15 @@ class ReferenceLearner(Learner):
         max_iterations: int = Field(6, ge=1, le=50, description="cap on AC re-evaluations (re-linearisations) per day")
         margin_step_pu: float = Field(0.002, ge=0, le=0.05, description="voltage margin added per iteration while the AC plan violates (pu)")
         max_margin_pu: float = Field(0.01, ge=0, le=0.1, description="largest voltage margin (pu)")
+        min_improvement: float = Field(
+            1e-4, ge=0, description="stop re-linearising when the AC violation rate (voltage + line) improves by less than this")
         voltage_slack_eur_per_pu_h: float = Field(1e5, gt=0, description="price of the voltage slack (EUR per pu per node-hour)")
         line_slack_eur_per_h: float = Field(1e4, gt=0, description="price of the line slack (EUR per unit overload per conductor-hour)")
         discomfort_eur_per_degc_h: float = Field(50.0, gt=0, description="price of soft device residuals, e.g. heat-pump discomfort (EUR per degC h)")
         solver: str = Field("CLARABEL", description="cvxpy conic solver")
-        linearisation_load_mult: float = Field(1.0, ge=0, description="load level of the base-case linearisation point (-)")
+        max_current_coefficient: float = Field(
+            1e3, gt=0, description="rated conductors whose current changes by more than this many ratings per pu of "
+            "voltage (regulator windings) are checked on the AC replay only (ratings per pu)")
         dpp_max_agent_steps: int = Field(
             20000, ge=0, description="above this many agent-steps, solve with parameters as constants (recompile per solve): "
             "cvxpy's DPP parameter tensor grows with rows x variables and exhausts memory on IEEE 123 x 1,000 agents")
@@ -121,19 +125,17 @@ class ReferenceOPF:
         import cvxpy as cp
         import scipy.sparse as sp
 
-        from gridflex.linearised import linearise
+        from gridflex.network_equations import NetworkEquations
         from gridflex.powerflow import build_network
 
         t0 = time.perf_counter()
         self.env, self.config, self.steps, self.dt_h, self.cp = env, config, steps, dt_h, cp
         n_inj = len(env.injection_nodes)
-        net = build_network(env.grid, env.injection_nodes)
-        lin = linearise(net, np.full(net.n_loads, config.linearisation_load_mult))
         vmon, imon = env.voltage_monitor, env.current_monitor
-        self.v_model = lin.magnitudes(vmon.node_a, vmon.node_b)
         self.use_lines = bool(config.line_limits and len(imon))
-        self.i_model = lin.currents(imon.columns) if self.use_lines else None
-        self.s_model = lin.source
+        columns = np.asarray(imon.columns if self.use_lines else [], dtype=np.int64)
+        self.eq = eq = NetworkEquations(build_network(env.grid, env.injection_nodes), env.grid,
+                                        vmon.node_a, vmon.node_b, columns)
         self.rating_a = np.asarray(imon.rating_a, dtype=float) if self.use_lines else np.zeros(0)
 
         # fleets and the sparse agent -> node maps
@@ -153,45 +155,59 @@ class ReferenceOPF:
             q_nodes = q_nodes + a @ cf.q_kvar
             cost, penalty, constraints = cost + cf.cost, penalty + cf.penalty, constraints + cf.constraints
             self.fleets.append(cf)
-        # nodal variables keep the dense network matrices [m, n_inj] apart from the agent maps
-        # (multiplied out they would be dense [m, N] per step)
         self.p_nodes = cp.Variable((n_inj, steps), name="p_nodes_kw")  # device consumption
         self.q_nodes = cp.Variable((n_inj, steps), name="q_nodes_kvar")
         constraints += [self.p_nodes == p_nodes, self.q_nodes == q_nodes]
-        p_nodes, q_nodes = self.p_nodes, self.q_nodes
 
-        # network, data as Parameters
-        m, r = len(vmon), len(self.rating_a)
-        self.v_offset = cp.Parameter((m, steps), name="v_offset_pu")
+        # network: sparse linearised equations in the node voltages x [2n, T] (gridflex.network_equations);
+        # operating-point values and the day's data are Parameters
+        self.n_lines_dropped, self.i_slack = 0, None
+        par = lambda shape, name: cp.Parameter(shape, name=name)  # noqa: E731
+        jp, dp, mp = eq.jac_pattern, eq.dev_pattern, eq.mag_pattern
+        nz2 = 2 * eq.n_merged
+        self.jac, self.dev = par((jp.nnz, steps), "jacobian"), par((dp.nnz, steps), "device_sensitivity")
+        self.rhs, self.mag = par((nz2, steps), "rhs"), par((mp.nnz, steps), "magnitude_direction")
+        self.src_price = par((2 * eq.n_src, steps), "price_x_source_gradient")
+        self.src_const = cp.Parameter(name="source_energy_constant")
         self.v_lo, self.v_hi = cp.Parameter(name="v_lo_pu"), cp.Parameter(name="v_hi_pu")
-        self.price_dt = cp.Parameter(steps, name="price_dt")
-        v_slack = cp.Variable((m, steps), nonneg=True, name="v_slack_pu")
-        vm = cp.Variable((m, steps), name="vm_pu")
-        constraints += [vm == self.v_offset + self.v_model.d_p @ p_nodes + self.v_model.d_q @ q_nodes,
-                        vm >= self.v_lo - v_slack, vm <= self.v_hi + v_slack]
+        z = cp.Variable((nz2, steps), name="z_pu")  # real-stacked merged node voltages
+        s = cp.vstack([self.p_nodes, self.q_nodes])
+        # rows scaled to unit largest admittance: regulator and source rows are ~1e5 pu, a line's ~1e2
+        self.row_scale = 1.0 / np.maximum(abs(eq.y).max(axis=1).toarray().ravel(), 1.0)
+        d = sp.diags(self.row_scale)
+        constraints.append((d @ eq.y) @ z + (d @ eq.jac_rows) @ cp.multiply(self.jac, eq.jac_cols @ z)
+                           + (d @ eq.dev_rows) @ cp.multiply(self.dev, eq.dev_cols @ s) == self.rhs)
+        m = len(vmon)
+        self.v_offset = par((m, steps), "v_offset_pu")  # eliminated elements' drops (NetworkEquations.merged_offsets)
+        vm = eq.mag_rows @ cp.multiply(self.mag, eq.mag_cols @ z) + self.v_offset  # [m, T]
+        v_slack = self.v_slack = cp.Variable((m, steps), nonneg=True, name="v_slack_pu")
+        constraints += [vm >= self.v_lo - v_slack, vm <= self.v_hi + v_slack]
         slack_cost = config.voltage_slack_eur_per_pu_h * dt_h * cp.sum(v_slack)
         if self.use_lines:
-            self.i_offset_re = cp.Parameter((r, steps), name="i_offset_re_a")
-            self.i_offset_im = cp.Parameter((r, steps), name="i_offset_im_a")
-            i_slack = cp.Variable((r, steps), nonneg=True, name="i_slack")
-            di = self.i_model
-            # currents in units of each conductor's rating (conditioning)
-            i_re, i_im = cp.Variable((r, steps), name="i_re"), cp.Variable((r, steps), name="i_im")
-            per = 1.0 / self.rating_a[:, None]
-            constraints += [i_re == self.i_offset_re + (per * di.d_p.real) @ p_nodes + (per * di.d_q.real) @ q_nodes,
-                            i_im == self.i_offset_im + (per * di.d_p.imag) @ p_nodes + (per * di.d_q.imag) @ q_nodes]
-            flat = lambda x: cp.reshape(x, (r * steps,), order="C")  # noqa: E731
-            bound = flat(1 + i_slack)
-            constraints.append(cp.SOC(bound, cp.vstack([flat(i_re), flat(i_im)]), axis=0))
+            # currents in units of each rating; conductors whose current is the difference of two
+            # nearly equal voltages (regulator windings: ~1e5 ratings per pu) are left to the AC check
+            scale = sp.diags(np.concatenate([1.0 / self.rating_a] * 2))
+            per = scale @ eq.current
+            coef = abs(scale @ eq.current_real).max(axis=1).toarray().ravel()
+            r_all = len(self.rating_a)
+            keep = np.flatnonzero(np.maximum(coef[:r_all], coef[r_all:]) <= config.max_current_coefficient)
+            self.n_lines_dropped = r_all - len(keep)
+            r = len(keep)
+            i_ri = cp.Variable((2 * r, steps), name="currents_per_rating")  # [Re I; Im I] / I_max
+            # the equality rows carry the large coefficients (equilibrated per row); the cones stay clean
+            self.current_rows = np.concatenate([keep, r_all + keep])
+            self.i_offset = par((2 * r, steps), "i_offset_per_rating")
+            constraints.append(i_ri == per[self.current_rows] @ z + self.i_offset)
+            i_slack = self.i_slack = cp.Variable((r, steps), nonneg=True, name="i_slack")
+            flat = lambda e: cp.reshape(e, (r * steps,), order="C")  # noqa: E731
+            constraints.append(cp.SOC(flat(1 + i_slack), cp.vstack([flat(i_ri[:r]), flat(i_ri[r:])]), axis=0))
             slack_cost = slack_cost + config.line_slack_eur_per_h * dt_h * cp.sum(i_slack)
-        source_kw = self.s_model.d_p[0].real @ p_nodes + self.s_model.d_q[0].real @ q_nodes  # [T]
-        energy = cp.sum(cp.multiply(self.price_dt, source_kw))
+        energy = cp.sum(cp.multiply(self.src_price, eq.src_select @ z)) + self.src_const
         objective = energy + cost + slack_cost + config.discomfort_eur_per_degc_h * penalty
         self.problem = cp.Problem(cp.Minimize(objective), constraints)
         assert self.problem.is_dpp()
         self.ignore_dpp = env.n_agents * steps > config.dpp_max_agent_steps
         self.build_seconds = time.perf_counter() - t0
-        self._compiled = False
 
     # ------------------------------------------------------------------ one day
     def _solve(self) -> float:
@@ -201,6 +217,18 @@ class ReferenceOPF:
         if self.problem.status not in ("optimal", "optimal_inaccurate"):
             raise RuntimeError(f"reference OPF: solver status {self.problem.status}")
         return time.perf_counter() - t0
+
+    def _solve_physical(self, max_rounds: int = 3) -> tuple[float, int]:
+        """Solve; where a plan charges and discharges one device at once, ban the minority
+        direction there and re-solve (at most ``max_rounds`` more). Returns (seconds, agent-steps banned)."""
+        seconds, banned = self._solve(), 0
+        for _ in range(max_rounds):
+            changed = sum(cf.exclude_simultaneous() for cf in self.fleets)
+            if not changed:
+                break
+            banned += changed
+            seconds += self._solve()
+        return seconds, banned
 
     def _ac(self, load_scale, p_inj, q_inj):
         """AC solution of one day's nodal injections [T, n_inj] (numpy) with the env's solver."""
@@ -214,6 +242,30 @@ class ReferenceOPF:
                         .cpu().numpy() if self.use_lines else None)
         return flow, vm, currents
 
+    def _linearise_at(self, flow, load_scale, p_inj, q_inj, price_dt) -> None:
+        """Set the network Parameters to the linearisation at the AC solution ``flow``."""
+        point = self.eq.at(flow.v_pu.cpu().numpy(), load_scale, p_inj, q_inj)
+        self.jac.value, self.dev.value, self.mag.value = point.jac_values, point.dev_values, point.mag_values
+        # PV is data: its share of the device term moves to the right-hand side
+        dp = self.eq.dev_pattern
+        pv = np.concatenate([p_inj - self._p_dev, np.zeros_like(q_inj)], axis=1).T  # [2 n_inj, T]
+        self.rhs.value = self.row_scale[:, None] * (self.eq.merge.T @ (point.rhs - dp.rows @ (point.dev_values * (dp.cols @ pv))))
+        self.src_price.value = point.src_grad * price_dt[None, :]
+        v_off, i_off, p_off = self.eq.merged_offsets(point, p_inj, q_inj)
+        self.v_offset.value = v_off
+        if self.use_lines:
+            per = np.concatenate([i_off.real, i_off.imag]) / np.concatenate([self.rating_a] * 2)[:, None]
+            self.i_offset.value = per[self.current_rows]
+        self.src_const.value = float(((point.src_const + p_off) * price_dt).sum())
+
+    def _planned_violation_rate(self) -> float:
+        """Share of node-steps plus conductor-steps (each over its own count, as the AC rates)
+        that the solved plan leaves outside the limits (slack above 1e-6 pu or rating units)."""
+        rate = float((self.v_slack.value > 1e-6).mean())
+        if self.use_lines and self.i_slack is not None and self.i_slack.size:
+            rate += float((self.i_slack.value > 1e-6).sum()) / (len(self.rating_a) * self.steps)
+        return rate
+
     def plan_day(self, exo, b: int) -> tuple[list[np.ndarray], dict]:
         """Plan day ``b`` of ``exo``; returns per-fleet actions ``[T, N, d]`` and a report."""
         cfg, t_start = self.config, time.perf_counter()
@@ -222,45 +274,53 @@ class ReferenceOPF:
         temp, price = exo.temp_out_c[b].cpu().numpy(), exo.price_per_kwh[b].cpu().numpy()
         for cf in self.fleets:
             cf.set_day(temp, price)
-        self.price_dt.value = price * exo.dt_h
-        zeros = np.zeros_like(pv)
-        # linear model at the day's exogenous data: offsets [T, m] (devices add d_p p + d_q q)
-        v_base = self.v_model.evaluate(load_scale, pv, zeros)
-        i_base = self.i_model.evaluate(load_scale, pv, zeros) if self.use_lines else None
-        v_corr = np.zeros_like(v_base)
-        i_corr = None if i_base is None else np.zeros_like(i_base)
+        price_dt = price * exo.dt_h
         v_min, v_max = cfg.v_limits_pu
+        # first operating point: the day's loads and PV, devices idle
+        p_inj, q_inj = pv.copy(), np.zeros_like(pv)
+        self._p_dev = np.zeros_like(pv)
+        flow, _, _ = self._ac(load_scale, p_inj, q_inj)
         margin, solve_s, best, history = 0.0, 0.0, None, []
         for k in range(cfg.max_iterations):
-            self.v_offset.value = (v_base + v_corr).T
+            self._linearise_at(flow, load_scale, p_inj, q_inj, price_dt)
             self.v_lo.value, self.v_hi.value = v_min + margin, v_max - margin
-            if self.use_lines:
-                self.i_offset_re.value = ((i_base + i_corr) / self.rating_a).real.T
-                self.i_offset_im.value = ((i_base + i_corr) / self.rating_a).imag.T
-            solve_s += self._solve()
-            p_dev, q_dev = self.p_nodes.value.T, self.q_nodes.value.T  # [T, n_inj]
-            p_inj, q_inj = pv + p_dev, q_dev
+            try:
+                seconds, excluded = self._solve_physical()
+                solve_s += seconds
+            except Exception as error:  # noqa: BLE001 - cvxpy raises SolverError and others
+                if best is None:
+                    raise RuntimeError(f"reference OPF, day {b}: the first convex solve failed ({error})") from error
+                history.append({"iteration": k + 1, "solver_failed": str(error)})
+                break
+            self._p_dev, q_dev = self.p_nodes.value.T, self.q_nodes.value.T  # [T, n_inj]
+            p_inj, q_inj = pv + self._p_dev, q_dev
             flow, vm_ac, i_ac = self._ac(load_scale, p_inj, q_inj)
             v_rate = float(((vm_ac < v_min) | (vm_ac > v_max)).mean())
             i_rate = float((np.abs(i_ac) > self.rating_a).mean()) if self.use_lines else 0.0
             converged = bool(flow.converged.all())
-            cost = float((price * flow.source_power_kw.cpu().numpy()).sum() * exo.dt_h
+            cost = float((price * flow.source_power_kw.real.cpu().numpy()).sum() * exo.dt_h
                          + sum(float(np.asarray(cf.cost.value if hasattr(cf.cost, "value") else cf.cost))
                                for cf in self.fleets))
             record = {"iteration": k + 1, "ac_violation_rate": v_rate, "ac_line_overload_rate": i_rate,
                       "ac_cost": cost, "margin_pu": margin, "objective": float(self.problem.value),
+                      "simultaneous_banned": excluded,
                       "converged": converged}
             history.append(record)
             score = (not converged, v_rate + i_rate, cost)
+            # settled: the AC violations are those the plan itself accepts (priced slack: no
+            # device schedule removes them), or no progress and no margin left to try
+            planned = self._planned_violation_rate()
+            record["planned_violation_rate"] = planned
+            stalled = v_rate + i_rate <= planned + cfg.min_improvement or (
+                best is not None and v_rate + i_rate > best[0][1] - cfg.min_improvement
+                and (v_rate == 0.0 or margin >= cfg.max_margin_pu))
             if best is None or score < best[0]:
                 best = (score, [cf.actions() for cf in self.fleets], record,
                         [cf.diagnostics() for cf in self.fleets])
             if converged and v_rate == 0.0 and i_rate == 0.0:
                 break
-            # re-linearise around the AC solution: exact offsets at this plan, same sensitivities
-            v_corr = vm_ac - self.v_model.evaluate(load_scale, p_inj, q_inj)
-            if self.use_lines:
-                i_corr = i_ac - self.i_model.evaluate(load_scale, p_inj, q_inj)
+            if not converged or stalled:  # no AC point to re-linearise at / Newton has settled
+                break
             if k >= 1:
                 margin = min(margin + cfg.margin_step_pu, cfg.max_margin_pu)
         _, actions, final, diagnostics = best

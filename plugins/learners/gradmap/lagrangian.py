@@ -18,12 +18,32 @@ therefore in EUR per unit of normalised residual (per step for the per-step grou
 Dual ascent: ``lam <- clip(lam + rho * mean residual, 0, lam_max)`` with the mean over days (and,
 for the hourly groups, over the steps of that hour; for local groups over steps) — a per-step
 mean, so ``rho`` means the same for every group.
+
+Network term ``feasibility_distance`` (option ``network_term``; DESIGN §2c, issue #6): the two
+AC groups are replaced by **one hourly dual** ``lam_F [H]`` on the squared distance of the step's
+joint nodal injections to the linearised feasible set (:mod:`gridflex.feasibility`, training
+voltage limits, line limits as configured)::
+
+    sum_{t} lam_F[h(t)] g_F[b,t],   g_F = ||(y*(x_bt) - x_bt) / s||^2
+
+``C_b`` stays the AC solution's cost; the AC residuals are still computed and logged
+(``train_violation_rate``) but carry no dual. The distance is a scalar per day-step (the
+projection already combines every monitored node and conductor), hence one dual per hour rather
+than per node. The unit ``s`` (kW; kvar alike) is, by default, the injection change of least norm
+that moves the typical monitored voltage by ``voltage_scale_pu``: ``s = voltage_scale_pu /
+median_m ||(dV_m/dp, dV_m/dq)||_2`` on the linearised model (about 35 kW on ``ieee13_small``), so
+a violation of one voltage unit costs ``g_F ~ 1`` like ``g_V = 1`` and the two duals share units
+(EUR per unit per step), ``dual_init_*`` scale and ``rho``. Being squared, ``g_F`` is weaker
+than ``g_V`` for small violations (quadratic, gradient vanishing at the boundary) and the
+ascent raises ``lam_F`` until they are driven out. The layer (cvxpy/cvxpylayers, imported only
+here) is built once per learner, linearised at the base case.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from gridflex.env import Environment, Rollout
@@ -38,13 +58,17 @@ class DualInit:
     line: float
     local: float
     terminal: float
+    feasibility: float = 0.0
 
 
 class Duals:
     """Dual variables: ``voltage [H, M]``, ``line [H, R]``, per fleet ``local [N_f, r_f]`` and
-    ``terminal [N_f, rT_f]`` (float64, on the environment's device)."""
+    ``terminal [N_f, rT_f]`` (float64, on the environment's device); with the feasibility network
+    term (``feasibility=True``) ``feasibility [H]`` replaces ``voltage`` and ``line`` (which then
+    stay at their initial values, unused and not reported)."""
 
-    def __init__(self, env: Environment, steps_per_day: int, dt_h: float, init: DualInit):
+    def __init__(self, env: Environment, steps_per_day: int, dt_h: float, init: DualInit,
+                 feasibility: bool = False):
         kw = dict(device=env.device, dtype=torch.float64)
         self.hours = int(round(steps_per_day * dt_h))
         self.steps_per_hour = steps_per_day // self.hours
@@ -52,12 +76,18 @@ class Duals:
         r = len(env.current_monitor)
         self.voltage = torch.full((self.hours, m), init.voltage, **kw)
         self.line = torch.full((self.hours, r), init.line, **kw)
+        self.uses_feasibility = feasibility
+        self.feasibility = torch.full((self.hours,), init.feasibility, **kw)
         self.local = [torch.full((f.n_agents, len(f.model.residual_names)), init.local, **kw) for f in env.fleets]
         self.terminal = [torch.full((f.n_agents, len(f.model.terminal_residual_names)), init.terminal, **kw)
                          for f in env.fleets]
 
+    def network(self) -> list[torch.Tensor]:
+        """The duals of the network term in use."""
+        return [self.feasibility] if self.uses_feasibility else [self.voltage, self.line]
+
     def tensors(self) -> list[torch.Tensor]:
-        return [self.voltage, self.line, *self.local, *self.terminal]
+        return [*self.network(), *self.local, *self.terminal]
 
     def summary(self) -> tuple[float, float]:
         """Mean and max over all dual entries."""
@@ -70,18 +100,21 @@ class Duals:
 
     def ascend(self, means: "ResidualMeans", rho: float, lam_max: float) -> None:
         """``lam <- clip(lam + rho * mean residual, 0, lam_max)`` for every group."""
-        pairs = [(self.voltage, means.voltage), (self.line, means.line),
-                 *zip(self.local, means.local), *zip(self.terminal, means.terminal)]
+        network = ([(self.feasibility, means.feasibility)] if self.uses_feasibility
+                   else [(self.voltage, means.voltage), (self.line, means.line)])
+        pairs = [*network, *zip(self.local, means.local), *zip(self.terminal, means.terminal)]
         for lam, g in pairs:
             lam.add_(rho * g.to(lam.dtype)).clamp_(0.0, lam_max)
 
     def state_dict(self) -> dict:
-        return {"voltage": self.voltage, "line": self.line, "local": list(self.local),
-                "terminal": list(self.terminal)}
+        return {"voltage": self.voltage, "line": self.line, "feasibility": self.feasibility,
+                "local": list(self.local), "terminal": list(self.terminal)}
 
     def load_state_dict(self, state: dict) -> None:
         self.voltage.copy_(state["voltage"])
         self.line.copy_(state["line"])
+        if "feasibility" in state:  # checkpoints written before the option lack it
+            self.feasibility.copy_(state["feasibility"])
         for dst, src in zip(self.local + self.terminal, list(state["local"]) + list(state["terminal"])):
             dst.copy_(src)
 
@@ -94,6 +127,64 @@ class ResidualMeans:
     line: torch.Tensor
     local: list[torch.Tensor]
     terminal: list[torch.Tensor]
+    feasibility: torch.Tensor | None = None  # [H], with the feasibility network term
+
+
+# tight enough for an accurate KKT adjoint where several limits are active at the projection
+# (Clarabel's 1e-8 defaults: a few % off finite differences there; see FeasibilityLayer)
+SOLVER_TOLERANCES = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10, "tol_ktratio": 1e-8}
+
+
+class FeasibilityTerm:
+    """``g_F [B, T]`` of the module docstring for a rollout, through the cvxpylayers layer.
+
+    The projection is the identity on the feasible set, so a sample whose injections already
+    satisfy every linearised constraint has ``g_F = 0`` with zero gradient (the squared distance
+    to a convex set is C1 with gradient ``2(x - y*)/s^2``). A numpy screen (the affine voltage and
+    current models at ``x``) finds those samples exactly; only the others go through the layer
+    (one conic solve each, with the KKT adjoint when a gradient is needed). On ``ieee13_small``
+    that was 2-16 % of the day-steps early in training and often none later. Runs on the CPU (inputs are moved there and back).
+    """
+
+    def __init__(self, env: Environment, v_limits_pu: tuple[float, float], line_limits: bool,
+                 voltage_scale_pu: float, scale_kw: float | None = None):
+        from gridflex.feasibility import FeasibilityLayer
+        from gridflex.linearised import linearise
+        from gridflex.powerflow import build_network
+
+        net = build_network(env.grid, env.injection_nodes)
+        linear = linearise(net, np.ones(net.n_loads))
+        vmon = env.voltage_monitor
+        if scale_kw is None:
+            v = linear.magnitudes(np.asarray(vmon.node_a), np.asarray(vmon.node_b))
+            norms = np.sqrt(np.square(v.d_p).sum(1) + np.square(v.d_q).sum(1))
+            scale_kw = float(voltage_scale_pu / np.median(norms))
+        monitor = env.current_monitor
+        columns, ratings = (monitor.columns, monitor.rating_a) if line_limits and len(monitor) else ((), ())
+        self.scale_kw, self.v_limits_pu = float(scale_kw), tuple(v_limits_pu)
+        self.layer = FeasibilityLayer(linear, vmon.node_a, vmon.node_b, v_limits_pu,
+                                      current_columns=columns, rating_a=ratings, scale_kw=self.scale_kw,
+                                      solver_args=SOLVER_TOLERANCES)
+        self.last_active_share = 0.0  # share of samples sent through the layer at the last call
+
+    def linear_feasible(self, p_kw: np.ndarray, q_kvar: np.ndarray, load_scale: np.ndarray) -> np.ndarray:
+        """Whether ``x`` satisfies every linearised constraint (``[...]`` bool): then ``y* = x``."""
+        v = self.layer.v_model.evaluate(load_scale, p_kw, q_kvar)
+        ok = ((v >= self.v_limits_pu[0]) & (v <= self.v_limits_pu[1])).all(-1)
+        if self.layer.i_model is not None:
+            i = self.layer.i_model.evaluate(load_scale, p_kw, q_kvar) / self.layer.rating_a
+            ok &= (np.abs(i) <= 1.0).all(-1)
+        return ok
+
+    def __call__(self, p_kw: torch.Tensor, q_kvar: torch.Tensor, load_scale: torch.Tensor) -> torch.Tensor:
+        device = p_kw.device
+        p, q, scale = p_kw.cpu(), q_kvar.cpu(), load_scale.detach().cpu()
+        active = torch.from_numpy(~self.linear_feasible(p.detach().numpy(), q.detach().numpy(), scale.numpy()))
+        self.last_active_share = float(active.double().mean())
+        dist = 0.0 * (p.sum(-1) + q.sum(-1))  # zeros, on the autograd graph when x is
+        if bool(active.any()):
+            dist = dist.masked_scatter(active, self.layer.squared_distance(p[active], q[active], scale[active]))
+        return dist.to(device)
 
 
 @dataclass
@@ -105,19 +196,28 @@ class LagrangianValue:
     penalty_per_day: float
     train_violation_rate: float
     means: ResidualMeans
+    feasibility_distance_per_day: float | None = None  # mean over days of sum_t g_F
 
 
 def lagrangian(env: Environment, rollout: Rollout, duals: Duals, v_limits_train_pu: tuple[float, float],
-               line_limits: bool, voltage_scale_pu: float, local_scale: float) -> LagrangianValue:
-    """The Lagrangian of the module docstring for ``rollout`` at ``duals`` (duals are constants)."""
+               line_limits: bool, voltage_scale_pu: float, local_scale: float,
+               feasibility: FeasibilityTerm | None = None) -> LagrangianValue:
+    """The Lagrangian of the module docstring for ``rollout`` at ``duals`` (duals are constants);
+    with ``feasibility`` its squared distance is the network term instead of the AC residuals."""
     terms = network_terms(env, rollout, v_limits_train_pu, line_limits)
     b, t = terms.v_residual_pu.shape[:2]
+    h, sph = duals.hours, duals.steps_per_hour
     cost = sum(day_costs(env, rollout).values())  # [B]
     g_v = terms.v_residual_pu / voltage_scale_pu  # [B, T, M]
     g_i = terms.line_residual  # [B, T, R]
-    penalty = (g_v * duals.hourly(duals.voltage)).sum((1, 2))
-    if g_i.shape[-1]:
-        penalty = penalty + (g_i * duals.hourly(duals.line)).sum((1, 2))
+    g_f = None
+    if feasibility is None:
+        penalty = (g_v * duals.hourly(duals.voltage)).sum((1, 2))
+        if g_i.shape[-1]:
+            penalty = penalty + (g_i * duals.hourly(duals.line)).sum((1, 2))
+    else:
+        g_f = feasibility(rollout.p_injection_kw, rollout.q_injection_kvar, rollout.exogenous.load_scale)  # [B, T]
+        penalty = (g_f * duals.hourly(duals.feasibility[:, None])[:, 0]).sum(1)
     local_means, terminal_means = [], []
     for f, traj in enumerate(rollout.fleets):
         g_loc = traj.residuals / local_scale  # [B, T, N, r]
@@ -128,11 +228,12 @@ def lagrangian(env: Environment, rollout: Rollout, duals: Duals, v_limits_train_
             penalty = penalty + (g_end * duals.terminal[f]).sum((1, 2))
         local_means.append(g_loc.detach().mean((0, 1)))
         terminal_means.append(g_end.detach().mean(0))
-    h, sph = duals.hours, duals.steps_per_hour
     means = ResidualMeans(
         voltage=g_v.detach().reshape(b, h, sph, -1).mean((0, 2)),
         line=g_i.detach().reshape(b, h, sph, -1).mean((0, 2)),
-        local=local_means, terminal=terminal_means)
+        local=local_means, terminal=terminal_means,
+        feasibility=None if g_f is None else g_f.detach().reshape(b, h, sph).mean((0, 2)))
     value = (cost + penalty).mean()
     return LagrangianValue(value, float(cost.detach().mean()), float(penalty.detach().mean()),
-                           float((terms.v_residual_pu > 0).double().mean()), means)
+                           float((terms.v_residual_pu > 0).double().mean()), means,
+                           None if g_f is None else float(g_f.detach().sum(1).mean()))

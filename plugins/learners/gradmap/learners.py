@@ -20,6 +20,12 @@ exactly that of the open-loop re-simulation with ``u_fixed`` = those outputs (sa
 deterministic trajectory) and one backward pass gives ``dL/du``; this saves the second power-flow
 pass of a literal "roll out, then re-simulate" (``tests/test_gradmap.py`` checks the two agree).
 
+Network term (``network_term``): ``ac_residuals`` (default) penalises the AC solution's voltage and
+line residuals; ``feasibility_distance`` penalises instead the squared distance of the rollout's
+nodal injections to the linearised feasible set (cvxpylayers, :class:`.lagrangian.FeasibilityTerm`,
+one hourly dual), so ``G`` flows through the layer's KKT adjoint into the injections; the cost
+stays the AC solution's and validation still judges with ``ac3ph``.
+
 Counters: ``env_gradient_evaluations`` = backward passes through the environment (one per outer
 iteration); ``policy_updates`` = optimiser steps (GradMAP: ``E x minibatches`` per iteration, plus
 the warm start's behaviour-cloning steps).
@@ -38,7 +44,7 @@ from gridflex.components import StepInputs
 from gridflex.policies import PolicySet, clip_grad_norm_per_agent_
 from gridflex.training import TrainableLearner, Trainer, TrainingConfig
 
-from .lagrangian import DualInit, Duals, lagrangian
+from .lagrangian import DualInit, Duals, FeasibilityTerm, lagrangian
 from .surrogate import fit_policies, normalise_gradient, proximal_targets
 
 
@@ -60,6 +66,14 @@ class PolicyLearnerConfig(TrainingConfig):
     lambda_max: float = Field(1e4, gt=0, description="upper clip of every dual (EUR per unit)")
     warm_start_epochs: int = Field(
         30, ge=0, description="behaviour-cloning epochs onto no_control before training (0: none)")
+    network_term: Literal["ac_residuals", "feasibility_distance"] = Field(
+        "ac_residuals", description="Lagrangian network term: AC voltage/line residuals, or the squared "
+        "distance of the injections to the linearised feasible set (cvxpylayers; docs/linearised.md)")
+    dual_init_feasibility: float = Field(
+        20.0, ge=0, description="initial hourly dual of the squared feasibility distance (EUR per unit per step)")
+    feasibility_scale_kw: float | None = Field(
+        None, gt=0, description="unit of the feasibility distance (kW); None: the injection change that "
+        "moves the median monitored voltage by voltage_scale_pu")
 
 
 class _PolicyLearner(TrainableLearner):
@@ -75,8 +89,11 @@ class _PolicyLearner(TrainableLearner):
         self.policies = PolicySet.for_env(env, config.hidden_sizes, config.activation, seed=seed)
         self.optimizer = torch.optim.Adam(self.policies.parameters(), lr=config.learning_rate)
         steps = int(round(24.0 / env.dt_h))
-        self.duals = Duals(env, steps, env.dt_h, DualInit(config.dual_init_voltage, config.dual_init_line,
-                                                          config.dual_init_local, config.dual_init_terminal))
+        self.duals = Duals(env, steps, env.dt_h,
+                           DualInit(config.dual_init_voltage, config.dual_init_line, config.dual_init_local,
+                                    config.dual_init_terminal, config.dual_init_feasibility),
+                           feasibility=config.network_term == "feasibility_distance")
+        self._feasibility: FeasibilityTerm | None = None  # built on first use
         self.generator = torch.Generator().manual_seed(int(seed) + 0x6D6170)
 
     # ------------------------------------------------------------------ acting
@@ -100,10 +117,20 @@ class _PolicyLearner(TrainableLearner):
                                     self.config.max_grad_norm, self.generator)
             self.policy_updates += steps
 
+    def feasibility_term(self, trainer: Trainer) -> FeasibilityTerm | None:
+        """The feasibility network term (built once, training limits), or ``None`` for AC residuals."""
+        cfg = self.config
+        if cfg.network_term != "feasibility_distance":
+            return None
+        if self._feasibility is None:
+            self._feasibility = FeasibilityTerm(self.env, trainer.v_limits_train_pu, trainer.line_limits,
+                                                cfg.voltage_scale_pu, cfg.feasibility_scale_kw)
+        return self._feasibility
+
     def _lagrangian(self, trainer: Trainer, rollout):
         cfg = self.config
         return lagrangian(self.env, rollout, self.duals, trainer.v_limits_train_pu, trainer.line_limits,
-                          cfg.voltage_scale_pu, cfg.local_scale)
+                          cfg.voltage_scale_pu, cfg.local_scale, self.feasibility_term(trainer))
 
     def _after_iteration(self, rollout, lag) -> None:
         for policy, traj in zip(self.policies, rollout.fleets):
@@ -146,7 +173,7 @@ class GradMAP(_PolicyLearner):
     name = "gradmap"
     Config = GradMAPConfig
     history_extras = ("lagrangian", "train_cost_per_day", "train_violation_rate", "clipped_share",
-                      "fit_loss", "grad_rms", "env_s", "fit_s")
+                      "fit_loss", "grad_rms", "env_s", "fit_s", "train_feasibility_distance")
 
     def environment_gradient(self, trainer: Trainer, exo):
         """Closed-loop rollout with the policies (no policy graph) and ``G = dL/du`` per fleet
@@ -194,7 +221,8 @@ class GradMAP(_PolicyLearner):
         return {"lagrangian": float(lag.value.detach()), "train_cost_per_day": lag.cost_per_day,
                 "train_violation_rate": lag.train_violation_rate, "clipped_share": prox.clipped_share,
                 "fit_loss": fit_loss, "grad_rms": float(g_all.square().mean().sqrt()),
-                "env_s": t1 - t0, "fit_s": t2 - t1}
+                "env_s": t1 - t0, "fit_s": t2 - t1,
+                "train_feasibility_distance": lag.feasibility_distance_per_day}
 
 
 class GradMAPE1Config(GradMAPConfig):
@@ -222,7 +250,8 @@ class SSLPenalty(_PolicyLearner):
     name = "ssl_penalty"
     Config = SSLConfig
     dual_ascent = False  # the dual_init_* values are the fixed penalty weights
-    history_extras = ("lagrangian", "train_cost_per_day", "train_violation_rate", "grad_norm")
+    history_extras = ("lagrangian", "train_cost_per_day", "train_violation_rate", "grad_norm",
+                      "train_feasibility_distance")
 
     def train_iteration(self, trainer: Trainer) -> dict[str, float]:
         cfg = self.config
@@ -239,7 +268,8 @@ class SSLPenalty(_PolicyLearner):
         grad_norm = float(torch.cat(norms).square().sum().sqrt())
         return {"lagrangian": float(lag.value.detach()), "train_cost_per_day": lag.cost_per_day,
                 "train_violation_rate": lag.train_violation_rate,
-                "grad_norm": grad_norm if math.isfinite(grad_norm) else None}
+                "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+                "train_feasibility_distance": lag.feasibility_distance_per_day}
 
 
 class SSLPD(SSLPenalty):
