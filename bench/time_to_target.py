@@ -7,6 +7,10 @@ for every learner, validation at equal training-clock intervals, ``--seeds`` see
 
     python bench/time_to_target.py --seeds 0-4 --budget-s 600            # the real benchmark
     python bench/time_to_target.py --seeds 0-1 --budget-s 60 --out /tmp/b  # a quick check
+    python bench/time_to_target.py --scenario S.yaml --rescore DIR       # re-score with S's current target
+
+``--rescore DIR`` re-reads a finished comparison's histories and recomputes both kinds of time to
+target with the scenario's current target (e.g. after ``gridflex targets`` wrote its sidecar).
 
 A null time to target (never reached within the budget) ranks as +infinity.
 """
@@ -17,7 +21,7 @@ import argparse
 import time
 from pathlib import Path
 
-from gridflex.compare import compare, comparison_table, parse_seeds
+from gridflex.compare import compare, comparison_table, parse_seeds, rescore
 from gridflex.plugins import load_registry
 from gridflex.scenario import shipped_scenarios_dir
 
@@ -35,9 +39,15 @@ def main(argv=None) -> int:
                         help="validation interval (s of training clock; default budget/10)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/time_to_target"), help="output folder")
     parser.add_argument("-o", "--override", action="append", default=[], help="extra scenario overrides")
+    parser.add_argument("--rescore", type=Path, help="re-score DIR/comparison.json with the scenario's current target")
     args = parser.parse_args(argv)
 
     pm, registry = load_registry()
+    if args.rescore:
+        result = rescore(args.rescore, args.scenario, overrides=args.override, registry=registry)
+        print(comparison_table(result))
+        print(f"rewrote {args.rescore / 'comparison.json'}")
+        return 0
     scenarios = [args.scenario]
     large = shipped_scenarios_dir() / "ieee123_1000.yaml"
     if args.large and large.exists():

@@ -13,12 +13,19 @@ and run once (first seed); their time to target is null.
                          "median": {<metric>: float|null, ...}, "iqr": {<metric>: [q25, q75]}}}}
 
 Summary keys: every numeric test metric (frozen taps), ``train_seconds``, ``power_flow_solves``,
-``env_gradient_evaluations``, ``policy_updates`` and ``time_to_target_s``; a null time ranks as
-+infinity (a median or quartile that lands on it is null).
+``env_gradient_evaluations``, ``policy_updates``, ``time_to_target_s`` and
+``time_to_violation_target_s`` (the loose, violation-only kind of target: the same ``v*``, no cost
+bound); a null time ranks as +infinity (a median or quartile that lands on it is null).
+
+:func:`rescore` recomputes both times of a finished comparison from its runs' ``history.csv``
+with the scenario's *current* target, e.g. once a ``gridflex targets`` sidecar exists (the target
+is fixed by the scenario and the reference, never by the runs, so this is the same protocol).
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -28,7 +35,7 @@ import numpy as np
 from gridflex.errors import UserError
 from gridflex.run import execute_run
 from gridflex.scenario import load_scenario
-from gridflex.targets import read_target
+from gridflex.targets import Target, read_target, time_to_target
 
 RUN_KEYS = ("train_seconds", "power_flow_solves", "env_gradient_evaluations", "policy_updates")
 LEARNER_PARAMS = "learner.params."
@@ -106,21 +113,66 @@ def compare(scenario: str | Path | None, learners: list[str], seeds: list[int], 
             doc = docs[name]
             runs.append(doc)
             times.append(doc.get("time_to_target_s") if cls.trains else None)
-        result["learners"][name] = _learner_summary(runs, times)
+        loose = [_history_time(out_dir / name / f"seed{seed}", _violation_only(target)) if cls.trains else None
+                 for seed in (seeds if cls.trains else seeds[:1])]
+        result["learners"][name] = _learner_summary(runs, times, loose)
     path = out_dir / "comparison.json"
     path.write_text(json.dumps(result, indent=2))
     return result
 
 
-def _learner_summary(runs: list[dict], times: list[float | None]) -> dict:
+def _violation_only(target: Target) -> Target:
+    return dataclasses.replace(target, max_cost_per_day=None)
+
+
+def _history_time(run_dir: Path, target: Target) -> float | None:
+    """Time to ``target`` from ``run_dir/history.csv`` (None if never met or no history)."""
+    path = Path(run_dir) / "history.csv"
+    if not path.exists():
+        return None
+    with path.open() as handle:
+        rows = [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+                for row in csv.DictReader(handle)]
+    return time_to_target(rows, target)
+
+
+def rescore(out_dir: Path, scenario: str | Path | None, *, overrides: list[str] = (), registry=None) -> dict:
+    """Recompute ``time_to_target_s`` (the scenario's current target) and
+    ``time_to_violation_target_s`` of ``out_dir/comparison.json`` from the runs' histories;
+    rewrite the file and return it (module docstring)."""
+    if registry is None:
+        from gridflex.plugins import load_registry
+
+        _, registry = load_registry()
+    out_dir = Path(out_dir)
+    path = out_dir / "comparison.json"
+    result = json.loads(path.read_text())
+    base = load_scenario(scenario, [o for o in overrides if not o.startswith(LEARNER_PARAMS)], registry)
+    target = read_target(base)
+    result["target"] = target.summary()
+    for name, summary in result["learners"].items():
+        if not registry.get("learner", name).trains:
+            continue
+        seeds = result["seeds"][: len(summary["runs"])]  # runs are in seed order
+        times = [_history_time(out_dir / name / f"seed{seed}", target) for seed in seeds]
+        loose = [_history_time(out_dir / name / f"seed{seed}", _violation_only(target)) for seed in seeds]
+        result["learners"][name] = _learner_summary(summary["runs"], times, loose)
+    path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _learner_summary(runs: list[dict], times: list[float | None], loose: list[float | None] | None = None) -> dict:
     keys = [k for k, v in runs[0]["test"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     columns = {k: [r["test"].get(k) for r in runs] for k in keys}
     columns.update({k: [r.get(k) for r in runs] for k in RUN_KEYS})
     columns["time_to_target_s"] = times
+    loose = [None] * len(times) if loose is None else loose
+    columns["time_to_violation_target_s"] = loose
     median, iqr = {}, {}
     for key, values in columns.items():
         median[key], iqr[key] = summarise(values)
-    return {"runs": runs, "time_to_target_s": times, "median": median, "iqr": iqr}
+    return {"runs": runs, "time_to_target_s": times, "time_to_violation_target_s": loose,
+            "median": median, "iqr": iqr}
 
 
 def comparison_table(result: dict) -> str:
@@ -128,11 +180,12 @@ def comparison_table(result: dict) -> str:
     def cell(summary, key, fmt):
         m, (lo, hi) = summary["median"].get(key), summary["iqr"].get(key, [None, None])
         if m is None:
-            return "never" if key == "time_to_target_s" else "-"
+            return "never" if key.startswith("time_to") else "-"
         show = lambda x: "inf" if x is None else fmt.format(x)  # noqa: E731
         return f"{fmt.format(m)} [{show(lo)}, {show(hi)}]"
 
-    cols = (("time_to_target_s", "time to target s", "{:.0f}"), ("cost_per_day", "cost/day", "{:.1f}"),
+    cols = (("time_to_target_s", "time to target s", "{:.0f}"),
+            ("time_to_violation_target_s", "time to V target s", "{:.0f}"), ("cost_per_day", "cost/day", "{:.1f}"),
             ("voltage_violation_rate", "V viol.", "{:.2%}"), ("train_seconds", "train s", "{:.0f}"),
             ("env_gradient_evaluations", "env grads", "{:.0f}"))
     header = ["learner", "runs"] + [c[1] + " median [IQR]" for c in cols]

@@ -8,25 +8,28 @@ Per day, one convex program over all devices and steps with full knowledge of th
     s.t. every fleet's :meth:`~gridflex.components.DeviceModel.convex_model` (dynamics, local
          limits, end-of-day conditions);
          nodal injections P, Q [n_inj, T] = PV + sum_f A_f p_f (sparse agent -> node map);
-         v_lo - sigma_V <= c_V,t + M P_t + K Q_t <= v_hi + sigma_V     (monitored |V|, pu)
-         || c_I,t + A P_t + B Q_t ||_2 <= I_max (1 + sigma_I)            (rated conductors, A)
-         P_src,t = g_P . P_t + g_Q . Q_t (+ a constant)                  (first-order losses)
+         Y v_t + J_t (v_t - v*_t) + W_t (s_t - s*_t) = i_norton - drawn(v*_t, s*_t)   (all nodes)
+         v_lo - sigma_V <= |V|_t ~ Re(conj(u*) u_t)/|u*| <= v_hi + sigma_V      (monitored, pu)
+         || Yprim v_t / I_max ||_2 <= 1 + sigma_I                                  (rated conductors)
+         P_src,t ~ P*_src,t + grad P*_src,t . (v_src,t - v*_src,t)                  (kW)
 
-with the linearised network of :mod:`gridflex.linearised` (sensitivities ``M, K, A, B, g`` at the
-base case, constants). It is built **once** per environment as a DPP cvxpy problem: the day's
-data (load levels, PV, temperatures, prices) and the AC corrections enter only as Parameters, and
-each solve (Clarabel) reuses the compiled problem. Above ``dpp_max_agent_steps`` (IEEE 123 x
-1,000 agents) cvxpy's DPP parameter tensor does not fit in memory (34 GiB measured), so the same
-problem is solved with ``ignore_dpp`` (Parameters as constants, recompiled per solve).
+with the sparse linearised AC equations of :mod:`gridflex.network_equations` (node voltages as
+variables, stiff switches and regulators eliminated as ideal). It is built **once** per
+environment as a DPP cvxpy problem: the day's data (PV, temperatures, prices) and the operating
+point's values (Jacobians, magnitude directions, offsets) enter only as Parameters, and each solve
+(Clarabel) reuses the compiled problem. Above ``dpp_max_agent_steps`` (IEEE 123 x 1,000 agents)
+the same problem is solved with ``ignore_dpp`` (Parameters as constants, recompiled per solve:
+0.4 s there).
 
-**AC re-linearisation.** The plan is re-evaluated with the environment's exact AC solver; the
-model is then re-linearised around that AC solution: the offsets ``c_V,t, c_I,t`` become
-``AC(x_k) - J0 x_k`` so that the linear model is exact (zero-order) at the AC point of the last
-plan, with the base-case sensitivities ``J0`` (a quasi-Newton step; re-deriving the Jacobian per
-step would make it a Parameter matrix and the compile ~T times larger). If the AC solution still
-violates a limit, a voltage margin ``margin_step_pu`` is added, up to ``max_margin_pu``. Iteration
-stops when the AC violation rate (voltage and line) is zero or after ``max_iterations``; the plan
-with the lowest (violation rate, AC cost) is kept.
+**AC loop.** The first operating point is the day's AC solution with idle devices; after each
+solve the plan is replayed through the environment's exact AC solver and the model re-linearised
+at that AC solution (a Newton step of the AC OPF). A voltage margin ``margin_step_pu`` is added
+from the third iteration on while the AC plan violates, up to ``max_margin_pu``. Iteration stops
+when the AC violation rate (voltage and line) is zero, when it is no more than the plan's own
+priced slacks (nothing the devices can do removes the rest), when it stops improving with no
+margin left, or after ``max_iterations``; the plan with the lowest (violation rate, AC cost) is
+kept. Where a battery plan charges and discharges at once, the minority direction is banned at
+those agent-steps and the day re-solved (:meth:`ConvexFleet.exclude_simultaneous`).
 
 :meth:`act` replays the plan: each fleet's ``to_u`` maps the planned action back to ``u`` through
 the device's state-dependent action bounds. Per-day iterations, solve seconds and AC metrics are
