@@ -61,7 +61,7 @@ class SparsePattern:
     """A per-step sparse linear map ``y_t = rows @ (values[:, t] * (cols @ z_t))``.
 
     ``rows [m, nnz]`` scatters entries to output rows and ``cols [nnz, k]`` gathers the input of
-    each entry (both 0/1 CSR); ``index`` is ``(row, col)`` of each entry.
+    each entry (both 0/1 CSR); ``row``, ``col`` hold each entry's position in the dense ``[m, k]``.
     """
 
     row: np.ndarray  # long [nnz]
@@ -144,9 +144,7 @@ class NetworkEquations:
         v_base = np.asarray(grid.v_base_ln_v, dtype=float)
         y_pu = grid.y_si * np.outer(v_base, v_base) / net.s_base_va
         self.y_real = _real_stack(sp.csr_matrix(np.where(np.abs(y_pu) > 0, y_pu, 0)))  # [2n, 2n]
-        self.i_norton = np.zeros(n, dtype=complex)
-        w_all = net.w_all.cpu().numpy()
-        self.i_norton = y_pu @ w_all  # the Norton injection: Y w = i_norton
+        self.i_norton = y_pu @ net.w_all.cpu().numpy()  # the Norton injection: Y w = i_norton
         self.iter_nodes = net.iter_nodes.cpu().numpy()
         self.inj_nodes = self.iter_nodes[net.inj_pos.cpu().numpy()]
         self.node_a = np.asarray(node_a, dtype=np.int64)
