@@ -89,6 +89,7 @@ class ReferenceLearner(Learner):
         self._opf = None
         self._plans: list[torch.Tensor] | None = None
         self.extras: dict = {}
+        self.on_day = None  # optional callback(day index, day report) after each planned day
 
     # ------------------------------------------------------------------ planning
     def prepare(self, exogenous) -> None:
@@ -102,6 +103,8 @@ class ReferenceLearner(Learner):
             for f, a in enumerate(actions):
                 plans[f].append(a)
             days.append(report)
+            if self.on_day is not None:
+                self.on_day(b, report)
         tensor = dict(device=self.env.device, dtype=self.env.dtype)
         self._plans = [torch.as_tensor(np.stack(p), **tensor) for p in plans]  # [B, T, N, d]
         self.extras = {
