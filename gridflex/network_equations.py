@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -72,11 +73,11 @@ class SparsePattern:
     def nnz(self) -> int:
         return len(self.row)
 
-    @property
+    @cached_property
     def rows(self) -> sp.csr_matrix:
         return sp.csr_matrix((np.ones(self.nnz), (self.row, np.arange(self.nnz))), shape=(self.shape[0], self.nnz))
 
-    @property
+    @cached_property
     def cols(self) -> sp.csr_matrix:
         return sp.csr_matrix((np.ones(self.nnz), (np.arange(self.nnz), self.col)), shape=(self.nnz, self.shape[1]))
 
