@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -134,6 +136,11 @@ def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, d
                           resume=resume, run_info=RunInfo(cfg.name, cfg.learner.type, seed, out_dir))
         result = learner.train(trainer)
         train_seconds = result.train_seconds if result is not None else 0.0
+    if progress and hasattr(learner, "on_day"):  # planners that take minutes per day say where they are
+        learner.on_day = lambda b, day: print(
+            f"{cfg.learner.type} day {b + 1}: {day['iterations']} iterations, {day['solve_seconds']:.0f} s solve, "
+            f"AC violation {day['ac_violation_rate']:.4f}, line overload {day['ac_line_overload_rate']:.4f}",
+            file=sys.stderr, flush=True)
     solves_before = world.env.power_flow_solves
     evaluation = evaluate(world, learner, days, cfg.data.n_test_days, regulated)
     world.env.power_flow_solves = solves_before  # evaluation solves are not training solves
@@ -148,6 +155,9 @@ def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, d
         document["training_iterations"] = result.iterations
         document["validation"] = result.history[-1] if result.best_index is None else result.history[result.best_index]
     write_run_outputs(out_dir, world, document, evaluation)
+    extras = getattr(learner, "extras", None)
+    if extras:  # a planner's per-day report (the reference: iterations, solve seconds, AC metrics per day)
+        (out_dir / "learner_extras.json").write_text(json.dumps(extras, indent=2, default=_json_scalar))
     documents = {cfg.learner.type: document}
     for name in REFERENCE_CONTROLLERS if references else ():
         if name == cfg.learner.type or name not in registry.names("learner"):
@@ -160,6 +170,11 @@ def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, d
         write_run_outputs(out_dir / "baselines" / name, world, ref_doc, ref_eval)
         documents[name] = ref_doc
     return documents
+
+
+def _json_scalar(value):
+    """numpy scalars and arrays in a learner's extras, as JSON."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 REFERENCE_CONTROLLERS = ("no_control", "rule_based", "droop")

@@ -89,3 +89,19 @@ def test_targets_writes_the_sidecar(tmp_path, cli):
     assert {"computed", "command"} <= set(doc)
     target = read_target(loaded)
     assert target.c_ref == doc["c_ref"] and target.max_cost_per_day is not None
+
+
+def test_run_with_the_reference_writes_its_days(tmp_path, cli):
+    """`gridflex run` with learner.type=reference: metrics.json as any learner, plus the planner's
+    per-day report (iterations, solve seconds, AC metrics) and one progress line per day."""
+    from gridflex.scenario import default_scenario_path
+
+    overrides = TINY + ["data.n_test_days=2", "learner.type=reference", "learner.params={}"]
+    code, out, err = cli("run", str(default_scenario_path()), "--no-references", "--out", str(tmp_path),
+                         *[a for o in overrides for a in ("-o", o)])
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    extras = json.loads((tmp_path / "learner_extras.json").read_text())
+    assert metrics["learner"] == "reference" and len(extras["days"]) == 2
+    assert all(day["iterations"] >= 1 and day["solve_seconds"] > 0 for day in extras["days"])
+    assert err.count("reference day ") == 2
