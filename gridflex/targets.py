@@ -164,7 +164,8 @@ def compute_targets(loaded: LoadedScenario, registry, pm=None, *, reference: boo
     nc_metrics, _ = score(nc_cls(nc_cls.Config(), env, seed=cfg.seed))
     progress(f"no_control: {nc_metrics['cost_per_day']:.2f} /day, violation rate "
              f"{nc_metrics['voltage_violation_rate']:.4f} on {exo.batch} validation days")
-    extra: dict = {"no_control_violation_rate": nc_metrics["voltage_violation_rate"]}
+    extra: dict = {"no_control_violation_rate": nc_metrics["voltage_violation_rate"],
+                   "no_control_line_overload_rate": nc_metrics["line_overload_rate"]}
     c_ref = None
     if reference:
         ref_cls = registry.get("learner", "reference")

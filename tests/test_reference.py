@@ -86,7 +86,7 @@ def test_targets_writes_the_sidecar(tmp_path, cli):
     assert doc["n_validation_days"] == 1 and doc["c_ref"] is not None
     assert doc["c_ref"] <= doc["c_no_control"] + 1e-6
     assert doc["reference_ac_violation_rate"] <= doc["no_control_violation_rate"]
-    assert {"computed", "command"} <= set(doc)
+    assert {"computed", "command", "no_control_line_overload_rate", "reference_line_overload_rate"} <= set(doc)
     target = read_target(loaded)
     assert target.c_ref == doc["c_ref"] and target.max_cost_per_day is not None
 
