@@ -136,11 +136,9 @@ def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, d
                           resume=resume, run_info=RunInfo(cfg.name, cfg.learner.type, seed, out_dir))
         result = learner.train(trainer)
         train_seconds = result.train_seconds if result is not None else 0.0
-    if progress and hasattr(learner, "on_day"):  # planners that take minutes per day say where they are
-        learner.on_day = lambda b, day: print(
-            f"{cfg.learner.type} day {b + 1}: {day['iterations']} iterations, {day['solve_seconds']:.0f} s solve, "
-            f"AC violation {day['ac_violation_rate']:.4f}, line overload {day['ac_line_overload_rate']:.4f}",
-            file=sys.stderr, flush=True)
+    if progress and hasattr(learner, "describe_day"):  # planners that take minutes per day say where they are
+        learner.on_day = lambda b, day: print(f"{cfg.learner.type} day {b + 1}: {learner.describe_day(day)}",
+                                              file=sys.stderr, flush=True)
     solves_before = world.env.power_flow_solves
     evaluation = evaluate(world, learner, days, cfg.data.n_test_days, regulated)
     world.env.power_flow_solves = solves_before  # evaluation solves are not training solves

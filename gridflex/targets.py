@@ -172,8 +172,7 @@ def compute_targets(loaded: LoadedScenario, registry, pm=None, *, reference: boo
         ref_cfg = ref_cls.Config(v_limits_pu=limits, line_limits=cfg.limits.line_limits)
         ref = ref_cls(ref_cfg, env, seed=cfg.seed)
         ref.on_day = lambda b, day: progress(  # a day of IEEE 123 x 1,000 agents takes minutes
-            f"reference day {b + 1}/{exo.batch}: {day['iterations']} iterations, {day['solve_seconds']:.0f} s solve, "
-            f"AC violation {day['ac_violation_rate']:.4f}, line overload {day['ac_line_overload_rate']:.4f}")
+            f"reference day {b + 1}/{exo.batch}: {ref.describe_day(day)}")
         ref_metrics, seconds = score(ref)
         c_ref = ref_metrics["cost_per_day"]
         extras = ref.extras

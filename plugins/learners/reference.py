@@ -117,6 +117,12 @@ class ReferenceLearner(Learner):
             "build_seconds": self._opf.build_seconds,
         }
 
+    @staticmethod
+    def describe_day(day: dict) -> str:
+        """One line on a planned day's report (progress output of ``gridflex run`` / ``targets``)."""
+        return (f"{day['iterations']} iterations, {day['solve_seconds']:.0f} s solve, AC violation "
+                f"{day['ac_violation_rate']:.4f}, line overload {day['ac_line_overload_rate']:.4f}")
+
     def act(self, fleet_index: int, t: int, obs: torch.Tensor, state: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
         if self._plans is None:
             raise RuntimeError("the reference plans with perfect foresight: call prepare(exogenous) first")
