@@ -105,16 +105,15 @@ def compare(scenario: str | Path | None, learners: list[str], seeds: list[int], 
     for name in learners:
         cls = registry.get("learner", name)
         loaded = load_scenario(scenario, learner_overrides(name, cls.trains, scenario_learner, list(overrides)), registry)
-        runs, times = [], []
+        runs, times, loose = [], [], []
         for seed in (seeds if cls.trains else seeds[:1]):
             echo(f"[compare] {name} seed {seed}")
-            docs = execute_run(loaded, registry, pm, out_dir / name / f"seed{seed}", learner_seed=seed,
-                               references=False, progress=progress)
-            doc = docs[name]
+            run_dir = out_dir / name / f"seed{seed}"
+            doc = execute_run(loaded, registry, pm, run_dir, learner_seed=seed, references=False,
+                              progress=progress)[name]
             runs.append(doc)
             times.append(doc.get("time_to_target_s") if cls.trains else None)
-        loose = [_history_time(out_dir / name / f"seed{seed}", _violation_only(target)) if cls.trains else None
-                 for seed in (seeds if cls.trains else seeds[:1])]
+            loose.append(time_to_target(_history_rows(run_dir), _violation_only(target)) if cls.trains else None)
         result["learners"][name] = _learner_summary(runs, times, loose)
     path = out_dir / "comparison.json"
     path.write_text(json.dumps(result, indent=2))
@@ -125,15 +124,14 @@ def _violation_only(target: Target) -> Target:
     return dataclasses.replace(target, max_cost_per_day=None)
 
 
-def _history_time(run_dir: Path, target: Target) -> float | None:
-    """Time to ``target`` from ``run_dir/history.csv`` (None if never met or no history)."""
+def _history_rows(run_dir: Path) -> list[dict]:
+    """The validation rows of ``run_dir/history.csv`` as floats (empty without a history)."""
     path = Path(run_dir) / "history.csv"
     if not path.exists():
-        return None
+        return []
     with path.open() as handle:
-        rows = [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
                 for row in csv.DictReader(handle)]
-    return time_to_target(rows, target)
 
 
 def rescore(out_dir: Path, scenario: str | Path | None, *, overrides: list[str] = (), registry=None) -> dict:
@@ -154,19 +152,19 @@ def rescore(out_dir: Path, scenario: str | Path | None, *, overrides: list[str] 
         if not registry.get("learner", name).trains:
             continue
         seeds = result["seeds"][: len(summary["runs"])]  # runs are in seed order
-        times = [_history_time(out_dir / name / f"seed{seed}", target) for seed in seeds]
-        loose = [_history_time(out_dir / name / f"seed{seed}", _violation_only(target)) for seed in seeds]
+        histories = [_history_rows(out_dir / name / f"seed{seed}") for seed in seeds]
+        times = [time_to_target(rows, target) for rows in histories]
+        loose = [time_to_target(rows, _violation_only(target)) for rows in histories]
         result["learners"][name] = _learner_summary(summary["runs"], times, loose)
     path.write_text(json.dumps(result, indent=2))
     return result
 
 
-def _learner_summary(runs: list[dict], times: list[float | None], loose: list[float | None] | None = None) -> dict:
+def _learner_summary(runs: list[dict], times: list[float | None], loose: list[float | None]) -> dict:
     keys = [k for k, v in runs[0]["test"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     columns = {k: [r["test"].get(k) for r in runs] for k in keys}
     columns.update({k: [r.get(k) for r in runs] for k in RUN_KEYS})
     columns["time_to_target_s"] = times
-    loose = [None] * len(times) if loose is None else loose
     columns["time_to_violation_target_s"] = loose
     median, iqr = {}, {}
     for key, values in columns.items():
