@@ -10,6 +10,7 @@ test. Examples::
 
     python bench/env_step.py                        # CPU, B = 8
     python bench/env_step.py --device cuda --days 8 32
+    python bench/env_step.py --tap-treatment frozen regulated   # the regulated/frozen cost ratio
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def build(scenario: Path, device: str):
+def build(scenario: Path, device: str, tap_treatment: str | None = None):
     from gridflex.plugins import load_registry
     from gridflex.scenario import load_scenario
     from gridflex.world import build_world
 
     pm, registry = load_registry()
-    loaded = load_scenario(scenario, [f"device={device}"], registry)
-    return build_world(loaded, registry, pm)
+    overrides = [f"device={device}"] + ([f"feeder.tap_treatment={tap_treatment}"] if tap_treatment else [])
+    loaded = load_scenario(scenario, overrides, registry)
+    return build_world(loaded, registry, pm, progress=print)
 
 
 def linear_policies(env, generator):
@@ -84,7 +86,7 @@ def measure(world, days: int, repeats: int) -> dict[str, float]:
         total = time.perf_counter() - t0
         t0 = time.perf_counter()
         with torch.no_grad():
-            env.solver.solve(exo.load_scale, rollout.p_injection_kw, rollout.q_injection_kvar)
+            env.solve_at_taps(exo.load_scale, rollout.p_injection_kw, rollout.q_injection_kvar, rollout.taps)
         sync(env.device)
         pf = time.perf_counter() - t0
         keep("rollout", total)
@@ -117,18 +119,31 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--days", type=int, nargs="+", default=[8])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tap-treatment", nargs="+", default=[None], choices=["frozen", "settled", "regulated"],
+                        help="tap treatments to measure (default: the scenario's own); the last row "
+                        "gives each one's rollout + grad time over the first's")
     args = parser.parse_args()
-    world = build(args.scenario, args.device)
-    env = world.env
-    print(f"# {world.loaded.config.name}: {env.n_agents} agents, {len(env.households)} households, "
-          f"{env.grid.n_nodes} nodes; device {env.device}, {env.dtype}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    results = {days: measure(world, days, args.repeats) for days in args.days}
-    names = list(next(iter(results.values())))
-    print("| part | " + " | ".join(f"B = {d} days (s)" for d in args.days) + " |")
-    print("| --- |" + " --- |" * len(args.days))
+    results = {}
+    for treatment in args.tap_treatment:
+        world = build(args.scenario, args.device, treatment)
+        env = world.env
+        print(f"# {world.loaded.config.name}: {env.n_agents} agents, {len(env.households)} households, "
+              f"{env.grid.n_nodes} nodes; device {env.device}, {env.dtype}; taps {env.tap_treatment}; "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"{platform.processor() or platform.machine()}", flush=True)
+        for days in args.days:
+            results[(env.tap_treatment, days)] = measure(world, days, args.repeats)
+            if env.tap_treatment == "regulated":
+                results[(env.tap_treatment, days)]["tap states solved"] = float(len(env.tap_solvers))
+    keys = list(results)
+    first = {days: results[(keys[0][0], days)] for days in args.days}
+    for key in keys:
+        results[key][f"rollout + grad / {keys[0][0]}"] = results[key]["rollout + grad"] / first[key[1]]["rollout + grad"]
+    names = list(dict.fromkeys(name for r in results.values() for name in r))
+    print("| part | " + " | ".join(f"{t}, B = {d} days (s)" for t, d in keys) + " |")
+    print("| --- |" + " --- |" * len(keys))
     for name in names:
-        print(f"| {name} | " + " | ".join(f"{results[d][name]:.3f}" for d in args.days) + " |")
+        print(f"| {name} | " + " | ".join(f"{results[k][name]:.3f}" if name in results[k] else "" for k in keys) + " |")
 
 
 if __name__ == "__main__":

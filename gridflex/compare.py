@@ -12,7 +12,7 @@ and run once (first seed); their time to target is null.
      "learners": {name: {"runs": [<metrics.json>, ...], "time_to_target_s": [float|null, ...],
                          "median": {<metric>: float|null, ...}, "iqr": {<metric>: [q25, q75]}}}}
 
-Summary keys: every numeric test metric (frozen taps), ``train_seconds``, ``power_flow_solves``,
+Summary keys: every numeric test metric (the scenario's tap treatment), ``train_seconds``, ``power_flow_solves``,
 ``env_gradient_evaluations``, ``policy_updates``, ``time_to_target_s`` and
 ``time_to_violation_target_s`` (the loose, violation-only kind of target: the same ``v*``, no cost
 bound); a null time ranks as +infinity (a median or quartile that lands on it is null).

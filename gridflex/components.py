@@ -8,6 +8,7 @@ names). A component class documents each config field with a one-line ``descript
 from __future__ import annotations
 
 import abc
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, get_args
 
@@ -154,6 +155,46 @@ class DeviceModel(Component, abc.ABC):
 
         ``controller`` is ``"no_control"``, ``"rule_based"`` or ``"droop"`` (DESIGN §1).
         """
+
+    def authority_demand(
+        self, state: torch.Tensor, inputs: StepInputs, direction: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Demand at the extreme of the device's authority, for the fleet-authority bound.
+
+        ``direction = +1``: the extreme that *lowers* the node voltage: the most active power
+        drawn, then (among those) the most reactive power absorbed. ``direction = -1``: the
+        extreme that *raises* it: the least drawn (most injected), then the most reactive power
+        injected. Energy and comfort limits are meant to be relaxed (power and inverter
+        ratings kept): it is a bound on what the fleet could do in one step, not a feasible
+        schedule.
+
+        Returns ``p_kw, q_kvar`` (demand sign: positive = drawn / absorbed), each ``[B, N]``,
+        for ``state`` ``[B, N, S]``; no gradient is needed (callers use ``torch.no_grad()``).
+
+        Default: evaluate :meth:`demand` of :meth:`action` at the ``2^d`` corners of
+        ``u in {0, 1}^d`` for the given state and pick per agent lexicographically (``p``
+        first, then ``q``, ties within 1e-9). It keeps the state's own limits (it cannot know
+        which of them are energy limits); a device whose :meth:`action_bounds` depend on an
+        energy or comfort state overrides this with its rated extremes.
+        """
+        if direction not in (1, -1):
+            raise ValueError(f"direction must be +1 or -1, got {direction!r}")
+        d = int(self.action_dim)
+        lead = state.shape[:-1]
+        best_p = best_q = None
+        for corner in itertools.product((0.0, 1.0), repeat=d):
+            u = torch.tensor(corner, dtype=state.dtype, device=state.device).expand(*lead, d)
+            p_kw, q_kvar = self.demand(self.action(u, state, inputs), state)
+            p_kw, q_kvar = p_kw.expand(lead), q_kvar.expand(lead)
+            if best_p is None:
+                best_p, best_q = p_kw, q_kvar
+                continue
+            tie = torch.isclose(p_kw, best_p, rtol=0.0, atol=1e-9)
+            better = (direction * (p_kw - best_p) > 0) & ~tie
+            better = better | (tie & (direction * (q_kvar - best_q) > 0))
+            best_p = torch.where(better, p_kw, best_p)
+            best_q = torch.where(better, q_kvar, best_q)
+        return best_p, best_q
 
     def convex_model(self, cp, steps: int) -> ConvexFleet | None:
         """Optional: this fleet over one day of ``steps`` steps as convex cvxpy objects

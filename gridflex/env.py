@@ -15,7 +15,6 @@ device dynamics and the implicit power-flow adjoint), with respect to open-loop 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,8 +24,11 @@ import torch
 
 from gridflex.components import DeviceModel, StepInputs
 from gridflex.constraints import CurrentMonitor, VoltageMonitor
+from gridflex.feeder import Feeder
 from gridflex.population import Households, Placement
+from gridflex.powerflow import combine_results, map_batch
 from gridflex.profiles import DayBatch
+from gridflex.regulators import TAP_TREATMENTS, TapController, TapSolvers
 
 #: act(fleet_index, t, observation [B, N, k], state [B, N, S], inputs) -> u [B, N, d]
 Controller = Callable[[int, int, torch.Tensor, torch.Tensor, StepInputs], torch.Tensor]
@@ -119,6 +121,8 @@ class Environment:
         device: torch.device,
         dtype: torch.dtype = torch.float64,
         observe_voltage: bool = False,
+        feeder: Feeder | None = None,
+        tap_treatment: str = "frozen",
     ):
         self.grid = grid
         self.households = households
@@ -131,6 +135,17 @@ class Environment:
         self.injection_nodes = self._injection_nodes()
         self.solver = solver_factory(self.injection_nodes)
         self._solver_factory = solver_factory
+        if tap_treatment not in TAP_TREATMENTS:
+            raise ValueError(f"tap_treatment must be one of {TAP_TREATMENTS}, got {tap_treatment!r}")
+        if tap_treatment == "regulated" and (feeder is None or not feeder.regcontrols):
+            raise ValueError("tap_treatment 'regulated' needs a feeder with RegControls")
+        self.feeder = feeder
+        self.tap_treatment = tap_treatment
+        #: the taps of ``grid`` (frozen or settled; where every regulated day starts)
+        self.base_taps: dict[str, int] = dict((grid.meta or {}).get("taps", {}))
+        names = [rc.transformer for rc in feeder.regcontrols] if feeder is not None else []
+        self.tap_solvers = TapSolvers(names, self.with_taps_solver)
+        self.tap_solvers._solvers[tuple(self.base_taps.get(n, 0) for n in names)] = self.solver
         probe = self.solver.solve()
         self.current_monitor = current_monitor_factory(probe.branch_slices)
         self.power_flow_solves = 0
@@ -237,18 +252,22 @@ class Environment:
         controller: Controller | None = None,
         *,
         u_fixed: Sequence[torch.Tensor] | None = None,
-        tap_controller=None,
+        tap_controller: TapController | None = None,
+        regulate: bool | None = None,
         voltage_feedback: bool = False,
     ) -> Rollout:
         """Simulate ``exo``'s days. Either ``controller`` acts from observations (closed loop) or
         ``u_fixed[f]`` ``[B, T, N_f, d_f]`` gives every fleet's outputs (open loop; differentiate
-        with respect to them). ``tap_controller`` (evaluation only) moves regulator taps
-        between steps. ``voltage_feedback`` solves step by step so that ``inputs.v_prev_pu``
-        holds each agent's measured voltage even when it is not an observation (droop).
-        Autograd flows unless called under ``torch.no_grad()``."""
+        with respect to them). Regulator taps follow the scenario's treatment: a tap controller
+        runs when the treatment is ``regulated`` or ``regulate=True`` (``test_regulated``), or
+        when ``tap_controller`` is given. ``voltage_feedback`` solves step by step so that
+        ``inputs.v_prev_pu`` holds each agent's measured voltage even when it is not an
+        observation (droop). Autograd flows unless called under ``torch.no_grad()``."""
         if (controller is None) == (u_fixed is None):
             raise ValueError("pass exactly one of controller and u_fixed")
         b, steps = exo.batch, exo.steps
+        if tap_controller is None and (regulate if regulate is not None else self.tap_treatment == "regulated"):
+            tap_controller = self.new_tap_controller(b)
         states = [f.model.initial_state(b, exo.temp_out_c[:, 0]) for f in self.fleets]
         first_states = list(states)
         v_prev = [torch.ones(b, f.n_agents, device=self.device, dtype=self.dtype) for f in self.fleets]
@@ -281,16 +300,30 @@ class Environment:
             p_inj.append(p_t)
             q_inj.append(q_t)
             if step_wise:
-                flow = self._solve_step(exo.load_scale[:, t], p_t, q_t, warm, tap_controller)
+                if tap_controller is None:
+                    flow = self.solver.solve(exo.load_scale[:, t], p_t, q_t, warm_start=warm)
+                    self.power_flow_solves += b
+                else:
+                    flow = tap_controller.solve_step(exo.load_scale[:, t], p_t, q_t, warm)
                 warm = flow
                 flows.append(flow)
                 v_prev = self._agent_voltages(flow.vm_pu.detach())
         p_all, q_all = torch.stack(p_inj, 1), torch.stack(q_inj, 1)
-        if step_wise:
-            flow = combine_flows(flows, "stack")
-        else:
+        taps = None
+        if not step_wise:
             flow = self.solver.solve(exo.load_scale, p_all, q_all)
             self.power_flow_solves += b * steps
+        elif tap_controller is None:
+            flow = combine_results(flows, "stack")
+        else:
+            self.power_flow_solves += tap_controller.solves
+            tap_controller.solves = 0
+            taps = tap_controller.history()
+            flow = combine_results(flows, "stack")
+            if torch.is_grad_enabled() and (p_all.requires_grad or q_all.requires_grad):
+                # the control loop ran without autograd: solve every day-step once more at its
+                # settled taps, warm-started there, so the implicit adjoint reaches the injections
+                flow = self.solve_at_taps(exo.load_scale, p_all, q_all, taps, warm=flow.v_pu.detach())
         trajectories = []
         for f, fleet in enumerate(self.fleets):
             rec = record[f]
@@ -307,16 +340,33 @@ class Environment:
                     q_kvar=torch.stack(rec["q"], 1),
                 )
             )
-        taps = tap_controller.history() if tap_controller is not None else None
         return Rollout(exo, trajectories, p_all, q_all, flow, taps)
 
-    def _solve_step(self, load_scale, p_kw, q_kvar, warm, tap_controller):
-        self.power_flow_solves += p_kw.shape[0]
-        if tap_controller is None:
+    # ------------------------------------------------------------------ regulators
+    def new_tap_controller(self, batch: int) -> TapController:
+        """A controller for ``batch`` days starting at :attr:`base_taps`, sharing this
+        environment's per-tap-state solvers."""
+        if self.feeder is None or not self.feeder.regcontrols:
+            raise ValueError("this environment's feeder has no RegControls to regulate")
+        return TapController(self.feeder, self.grid.node_names, self.tap_solvers, batch,
+                             start_taps=self.base_taps)
+
+    def solve_at_taps(self, load_scale: torch.Tensor, p_kw: torch.Tensor, q_kvar: torch.Tensor,
+                      taps: np.ndarray | None, warm: torch.Tensor | None = None):
+        """Power flow of day-steps ``[B, T, ...]`` each at its regulator taps ``taps [B, T, n_reg]``
+        (``None``: this environment's fixed taps), grouped by tap state; differentiable like
+        :meth:`solve`. Counts ``B x T`` solves."""
+        b, steps = p_kw.shape[:2]
+        self.power_flow_solves += b * steps
+        if taps is None:
             return self.solver.solve(load_scale, p_kw, q_kvar, warm_start=warm)
-        flow, solves = tap_controller.solve_step(load_scale, p_kw, q_kvar)
-        self.power_flow_solves += solves - p_kw.shape[0]
-        return flow
+
+        def flat(x):
+            return None if x is None else x.reshape(b * steps, *x.shape[2:])
+
+        flow = self.tap_solvers.solve(np.asarray(taps).reshape(b * steps, -1), flat(load_scale), flat(p_kw),
+                                      flat(q_kvar), flat(warm))
+        return map_batch(flow, lambda x: x.reshape(b, steps, *x.shape[1:]))
 
     def _agent_voltages(self, vm_pu: torch.Tensor) -> list[torch.Tensor]:
         """Each agent's own node |V| [B, N] (mean over phases for three-phase devices)."""
@@ -326,25 +376,3 @@ class Environment:
     def with_taps_solver(self, taps: dict[str, int]):
         """A solver for this environment's injection nodes at other regulator taps."""
         return self._solver_factory(self.injection_nodes, taps)
-
-
-def combine_flows(flows: list, how: str, index: torch.Tensor | None = None) -> object:
-    """Join power-flow results: ``how="stack"`` along a new dim 1 (steps), or ``"cat"`` along
-    dim 0 then reorder rows by ``index``. Branch currents are evaluated per part first, since
-    the parts may come from networks at different regulator taps."""
-    first = flows[0]
-
-    def join(tensors):
-        out = torch.stack(tensors, 1) if how == "stack" else torch.cat(tensors, 0)
-        return out if index is None else out[index]
-
-    kwargs = {}
-    for item in dataclasses.fields(first):
-        if not item.init:
-            continue
-        value = getattr(first, item.name)
-        shared = item.name in ("v_base_v", "node_names", "network")
-        kwargs[item.name] = value if shared else join([getattr(f, item.name) for f in flows])
-    combined = type(first)(**kwargs)
-    combined._branch_currents = join([f.branch_currents_a for f in flows])
-    return combined

@@ -1,4 +1,5 @@
-"""Evaluate a controller on held-out days with the exact AC solver, frozen and regulated taps."""
+"""Evaluate a controller on held-out days with the exact AC solver: the scenario's tap treatment,
+and with the tap controller active (``test_regulated``)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from gridflex import __version__
 from gridflex.env import Rollout
 from gridflex.metrics import evaluation_metrics, monitored_nodes_table
 from gridflex.profiles import DaySet, load_test_days
-from gridflex.regulators import TapController
 from gridflex.world import World
 
 
 @dataclass
 class Evaluation:
-    """Metrics of one controller on one set of days (``test`` frozen taps, ``test_regulated``)."""
+    """Metrics of one controller on one set of days: ``metrics`` under the scenario's tap
+    treatment (``test`` in metrics.json), ``metrics_regulated`` with the tap controller."""
 
     metrics: dict
     metrics_regulated: dict | None
@@ -38,8 +39,9 @@ def held_out_days(world: World) -> DaySet:
 def evaluate(
     world: World, learner, days: DaySet, n_days: int, regulated: bool
 ) -> Evaluation:
-    """Roll out ``learner`` (its :meth:`act`) on ``n_days`` days spread over ``days``
-    (frozen taps; and with the tap controller when ``regulated``)."""
+    """Roll out ``learner`` (its :meth:`act`) on ``n_days`` days spread over ``days`` under the
+    scenario's tap treatment (``metrics``), and with the tap controller active when ``regulated``
+    (``metrics_regulated``; the same rollout when the treatment is ``regulated``)."""
     env = world.env
     cfg = world.loaded.config
     positions = np.linspace(0, len(days) - 1, num=min(n_days, len(days))).round().astype(int)
@@ -48,14 +50,15 @@ def evaluate(
     act, voltage_feedback = learner.act, type(learner).voltage_feedback
     learner.prepare(exo)
     with torch.no_grad():
-        frozen = env.rollout(exo, act, voltage_feedback=voltage_feedback)
-        metrics = evaluation_metrics(env, frozen, limits, cfg.limits.line_limits)
+        rollout = env.rollout(exo, act, voltage_feedback=voltage_feedback)  # the scenario's tap treatment
+        metrics = evaluation_metrics(env, rollout, limits, cfg.limits.line_limits)
         regulated_rollout, regulated_metrics = None, None
-        if regulated and world.feeder.regcontrols:
-            taps = TapController(world.feeder, env.grid.node_names, env.with_taps_solver, exo.batch)
-            regulated_rollout = env.rollout(exo, act, tap_controller=taps, voltage_feedback=voltage_feedback)
+        if regulated and env.tap_treatment == "regulated":
+            regulated_rollout, regulated_metrics = rollout, metrics
+        elif regulated and world.feeder.regcontrols:
+            regulated_rollout = env.rollout(exo, act, regulate=True, voltage_feedback=voltage_feedback)
             regulated_metrics = evaluation_metrics(env, regulated_rollout, limits, cfg.limits.line_limits)
-    return Evaluation(metrics, regulated_metrics, frozen, regulated_rollout)
+    return Evaluation(metrics, regulated_metrics, rollout, regulated_rollout)
 
 
 def metrics_document(
@@ -77,6 +80,8 @@ def metrics_document(
         "seeds": seeds,
         "device": str(world.env.device),
         "dtype": cfg.dtype,
+        "tap_treatment": world.env.tap_treatment,
+        "base_taps": world.env.base_taps,
         "gridflex_version": __version__,
         "n_test_days": evaluation.metrics["n_days"],
         "train_seconds": train_seconds,
@@ -101,10 +106,12 @@ def write_run_outputs(out_dir: Path, world: World, document: dict, evaluation: E
 
 
 def save_schedules(path: Path, world: World, evaluation: Evaluation) -> None:
-    """Test-day injections (frozen taps): everything needed to replay the days in another engine.
+    """Test-day injections under the scenario's tap treatment: everything needed to replay the
+    days in another engine.
 
     ``load_scale[B, T, L]`` (per spot load), ``p_kw/q_kvar[B, T, n_inj]`` net consumption at
-    ``injection_nodes``, ``taps`` of the frozen case, and our solver's ``vm_pu[B, T, n]``.
+    ``injection_nodes``, the fixed ``taps`` (frozen or settled; ``taps_per_step [B, T, n_reg]``
+    under the regulated treatment), and our solver's ``vm_pu[B, T, n]``.
     """
     env = world.env
     rollout = evaluation.rollout
@@ -123,12 +130,15 @@ def save_schedules(path: Path, world: World, evaluation: Evaluation) -> None:
         "vm_pu": rollout.flow.vm_pu.cpu().numpy(),
         "dt_h": np.array(rollout.exogenous.dt_h),
         "price_per_kwh": rollout.exogenous.price_per_kwh.cpu().numpy(),
-        "taps_names": np.array(list(world.feeder.regulator_taps())),
-        "taps": np.array(list(world.feeder.regulator_taps().values())),
+        "taps_names": np.array(list(env.base_taps)),
+        "taps": np.array(list(env.base_taps.values()), dtype=np.int64),
+        "tap_treatment": np.array(env.tap_treatment),
         "feeder_file": np.array(str(world.loaded.feeder_path())),
         "taps_mode": np.array(world.loaded.config.feeder.taps),
         "load_model": np.array(world.loaded.config.feeder.load_model),
     }
+    if rollout.taps is not None:  # regulated treatment: the taps of every day-step [B, T, n_reg]
+        arrays["taps_per_step"] = rollout.taps
     np.savez_compressed(path, **arrays)
 
 

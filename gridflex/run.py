@@ -74,7 +74,8 @@ def plan_run(loaded: LoadedScenario, registry: Any, pm: Any = None) -> RunPlan:
         f"scenario   {cfg.name}  ({loaded.source})",
         f"sha256     {loaded.sha256()}",
         f"device     {device}, {cfg.dtype}",
-        f"feeder     {loaded.feeder_path()}  (taps: {cfg.feeder.taps}, "
+        f"feeder     {loaded.feeder_path()}  (base taps: {cfg.feeder.taps}, tap treatment: "
+        f"{cfg.feeder.tap_treatment}, "
         f"loads: {cfg.feeder.load_model}, load_mult {cfg.feeder.load_mult})",
         f"grid       {grid.n_nodes} nodes, {len(grid.branches)} branches, "
         f"{len(grid.load_elements)} loads",
@@ -121,7 +122,8 @@ def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, d
 
     cfg = loaded.config
     seed = cfg.seed if learner_seed is None else learner_seed
-    world = build_world(loaded, registry, pm, device)
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
+    world = build_world(loaded, registry, pm, device, progress=say)
     days = held_out_days(world)
     regulated = cfg.environment.regulated_evaluation
     learner_cls = registry.get("learner", cfg.learner.type)
@@ -191,13 +193,15 @@ TABLE_METRICS = (
 
 
 def results_table(documents: dict[str, dict]) -> str:
-    """Test metrics of each controller, frozen taps then regulated taps."""
+    """Test metrics of each controller: under the scenario's tap treatment, then with the tap
+    controller active (``regulated``; one row when that is the treatment)."""
     header = ["controller", "taps"] + [label for _, label, _ in TABLE_METRICS]
     rows = []
     for name, doc in documents.items():
-        for taps, key in (("frozen", "test"), ("regulated", "test_regulated")):
+        treatment = doc.get("tap_treatment", "frozen")
+        for taps, key in ((treatment, "test"), ("regulated", "test_regulated")):
             metrics = doc.get(key) or {}
-            if not metrics:
+            if not metrics or (key == "test_regulated" and treatment == "regulated"):
                 continue
             rows.append([name, taps] + [fmt.format(metrics[m]) for m, _, fmt in TABLE_METRICS])
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]

@@ -59,8 +59,15 @@ class FeederSpec(StrictConfig):
     )
     taps: Literal["file", "opendss"] = Field(
         "opendss",
-        description="regulator taps: 'file' as written, or 'opendss' settled by one engine solve of "
-        "the base case (then frozen in training)",
+        description="base regulator taps: 'file' as written, or 'opendss' settled by one engine solve "
+        "of the base case (where every day starts; what 'frozen' keeps)",
+    )
+    tap_treatment: Literal["frozen", "settled", "regulated"] = Field(
+        "frozen",
+        description="how regulator taps behave everywhere (calibration, training, validation, targets, "
+        "test): 'frozen' at the base taps ('taps'), 'settled' at each regulator's median tap under the "
+        "tap controller over the no-control training days, 'regulated' with the tap controller in "
+        "every rollout (docs/network.md, Regulators)",
     )
     load_model: Literal["file", "constant_pq"] = Field(
         "constant_pq",
@@ -106,7 +113,7 @@ class TargetSpec(StrictConfig):
     """Absolute training target, fixed before any training (DESIGN §3)."""
 
     max_violation_rate: float = Field(
-        0.005, ge=0, le=1, description="v*: validation voltage_violation_rate (frozen taps)"
+        0.005, ge=0, le=1, description="v*: validation voltage_violation_rate (under the scenario's tap treatment)"
     )
     cost_share_x: float = Field(
         0.5,

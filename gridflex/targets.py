@@ -1,6 +1,6 @@
 """The absolute training target of a scenario and its sidecar file (DESIGN §3, protocol).
 
-Target: validation ``voltage_violation_rate`` (frozen taps, evaluation limits ``v_limits_pu``)
+Target: validation ``voltage_violation_rate`` (the scenario's tap treatment, evaluation limits ``v_limits_pu``)
 ``<= v*`` **and** validation ``cost_per_day <= C_ref + x (C_no_control - C_ref)``, with
 ``v* = target.max_violation_rate`` and ``x = target.cost_share_x`` from the scenario, and
 ``C_ref`` (centralised reference) and ``C_no_control`` the validation costs per day, read from a
@@ -135,7 +135,7 @@ def compute_targets(loaded: LoadedScenario, registry, pm=None, *, reference: boo
 
     The validation days are the trainer's (:func:`gridflex.training.validation_days_exogenous`:
     ``data.n_validation_days`` evenly spaced over the validation split); both controllers are
-    rolled out with the scenario's solver at frozen taps and scored by
+    rolled out with the scenario's solver under its tap treatment and scored by
     :func:`gridflex.metrics.evaluation_metrics` with the evaluation limits ``v_limits_pu``.
     The centralised ``reference`` plans with perfect foresight (its :meth:`prepare`), with the
     scenario's voltage limits and line-limit switch. ``reference=False`` writes ``c_ref: null``.
@@ -148,7 +148,7 @@ def compute_targets(loaded: LoadedScenario, registry, pm=None, *, reference: boo
     from gridflex.world import build_world
 
     cfg = loaded.config
-    world = build_world(loaded, registry, pm)
+    world = build_world(loaded, registry, pm, progress=progress)
     env = world.env
     exo = validation_days_exogenous(world)
     limits = tuple(cfg.limits.v_limits_pu)
@@ -164,7 +164,8 @@ def compute_targets(loaded: LoadedScenario, registry, pm=None, *, reference: boo
     nc_metrics, _ = score(nc_cls(nc_cls.Config(), env, seed=cfg.seed))
     progress(f"no_control: {nc_metrics['cost_per_day']:.2f} /day, violation rate "
              f"{nc_metrics['voltage_violation_rate']:.4f} on {exo.batch} validation days")
-    extra: dict = {"no_control_violation_rate": nc_metrics["voltage_violation_rate"],
+    extra: dict = {"tap_treatment": env.tap_treatment, "taps": env.base_taps,
+                   "no_control_violation_rate": nc_metrics["voltage_violation_rate"],
                    "no_control_line_overload_rate": nc_metrics["line_overload_rate"]}
     c_ref = None
     if reference:

@@ -12,7 +12,8 @@ A learner that trains subclasses :class:`TrainableLearner` (its ``Config`` subcl
 * **Validation** at equal training-clock intervals (``validation_interval_s``; or every
   ``validation_interval_iterations`` iterations when set, for tests), plus one before the first
   iteration and one at the end, on a fixed set of validation days (the scenario's
-  ``data.n_validation_days``, evenly spaced over the validation split), frozen taps, evaluation
+  ``data.n_validation_days``, evenly spaced over the validation split), the scenario's tap
+  treatment (as in training and test), evaluation
   limits ``v_limits_pu``. Validation power flows are not counted as training solves.
 * **history.csv**, one row per validation point: ``iteration, wall_s, eval_wall_s,
   power_flow_solves, env_gradient_evaluations, policy_updates, val_cost_per_day,
@@ -81,6 +82,7 @@ class TrainableLearner(Learner, abc.ABC):
 
     trains = True
     history_extras: ClassVar[tuple[str, ...]] = ()  # learner-specific history.csv columns
+    dual_columns: ClassVar[tuple[str, ...]] = ()  # dual_report() columns, written after dual_max
 
     def __init__(self, config, env, *, seed: int = 0):
         super().__init__(config, env, seed=seed)
@@ -108,6 +110,11 @@ class TrainableLearner(Learner, abc.ABC):
     def dual_summary(self) -> tuple[float | None, float | None]:
         """Mean and max of the dual variables (``None`` where the learner has none)."""
         return None, None
+
+    def dual_report(self) -> dict[str, float | None]:
+        """Values of the ``dual_columns`` (e.g. per constraint family); a missing or ``None`` value
+        is an empty cell. Default: none."""
+        return {}
 
 
 @dataclass
@@ -180,7 +187,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self, learner: TrainableLearner) -> TrainingResult:
         cfg = learner.config
-        columns = BASE_COLUMNS + tuple(learner.history_extras) + ("meets_target",)
+        columns = BASE_COLUMNS + tuple(learner.dual_columns) + tuple(learner.history_extras) + ("meets_target",)
         history: list[dict] = []
         offset_s = eval_s = eval_base = 0.0
         iteration = 0
@@ -267,6 +274,9 @@ class Trainer:
             "val_violation_rate": metrics["voltage_violation_rate"],
             "dual_mean": dual_mean, "dual_max": dual_max,
         }
+        report = learner.dual_report()
+        for name in learner.dual_columns:
+            row[name] = report.get(name)
         for name in learner.history_extras:
             row[name] = extras.get(name)
         row["meets_target"] = None if self.target is None else int(

@@ -75,11 +75,15 @@ def replay(run_dir: Path, tolerance: float = 1e-8) -> dict:
     text.Command = "set controlmode=off"
     text.Command = f"set tolerance={tolerance:g}"
     text.Command = "set maxiterations=200"
-    for name, step in zip(s["taps_names"], s["taps"]):
-        transformer = feeder.transformer(str(name))
-        tap_winding = next(rc.tap_winding for rc in feeder.regcontrols if rc.transformer == str(name))
-        tap_pu = transformer.windings[tap_winding - 1].tap_pu_at(int(step))
-        text.Command = f"Transformer.{name}.wdg={tap_winding} Tap={tap_pu:.8f}"
+    def set_taps(positions) -> None:
+        for name, step in zip(s["taps_names"], positions):
+            transformer = feeder.transformer(str(name))
+            tap_winding = next(rc.tap_winding for rc in feeder.regcontrols if rc.transformer == str(name))
+            tap_pu = transformer.windings[tap_winding - 1].tap_pu_at(int(step))
+            text.Command = f"Transformer.{name}.wdg={tap_winding} Tap={tap_pu:.8f}"
+
+    set_taps(s["taps"])
+    taps_per_step = s["taps_per_step"] if "taps_per_step" in s.files else None  # regulated treatment
     if str(s["load_model"]) == "constant_pq":
         text.Command = "BatchEdit Load..* model=1"
     text.Command = "BatchEdit Load..* vminpu=0.3 vmaxpu=3.0"
@@ -117,6 +121,8 @@ def replay(run_dir: Path, tolerance: float = 1e-8) -> dict:
                 loads.idx = idx
                 loads.kW = float(s["p_kw"][d, t, k])
                 loads.kvar = float(s["q_kvar"][d, t, k])
+            if taps_per_step is not None:
+                set_taps(taps_per_step[d, t])
             circuit.Solution.Solve()
             failed += 0 if circuit.Solution.Converged else 1
             volts = np.asarray(circuit.AllBusVolts)

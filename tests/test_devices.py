@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from scipy.integrate import solve_ivp
 
-from gridflex.components import StepInputs
+from gridflex.components import DeviceModel, StepInputs
 from gridflex.profiles import DATA_FILE, data_dir, resample_mean
 from gridflex_plugins.devices import Battery, Generator, HeatPump
 from gridflex_plugins.devices._inverter import (reactive_limit_kvar, volt_var_injection_frac,
@@ -509,3 +509,84 @@ def test_float32_fleets_keep_their_dtype():
         u = torch.full((1, 3, fleet.action_dim), 0.7)
         nxt = fleet.step(state, fleet.action(u, state, inputs), inputs)
         assert state.dtype == nxt.dtype == torch.float32
+
+
+# ============================================================================ authority extremes
+AUTHORITY_FLEETS = FLEETS + [(Generator, {})]
+
+
+@pytest.mark.parametrize("cls, params", AUTHORITY_FLEETS)
+def test_authority_demand_shapes_signs_and_direction_check(cls, params):
+    fleet = make_fleet(cls, n=5, **params)
+    state = fleet.initial_state(2, torch.zeros(2))
+    inputs = make_inputs(2, 5)
+    p_down, q_down = fleet.authority_demand(state, inputs, +1)  # lowers the voltage
+    p_up, q_up = fleet.authority_demand(state, inputs, -1)  # raises it
+    for x in (p_down, q_down, p_up, q_up):
+        assert x.shape == (2, 5) and x.dtype == F64
+    assert torch.all(p_down > p_up)
+    assert torch.all(q_down >= q_up)
+    # no_control lies between the extremes
+    p_nc, q_nc = fleet.demand(fleet.action(fleet.baseline_u("no_control", state, inputs), state, inputs), state)
+    assert torch.all(p_up <= p_nc + 1e-12) and torch.all(p_nc <= p_down + 1e-12)
+    with pytest.raises(ValueError, match="direction"):
+        fleet.authority_demand(state, inputs, 0)
+
+
+def test_battery_authority_ignores_the_state_of_charge_but_keeps_the_circle():
+    fleet = make_fleet(Battery, n=4, reactive_power=True)
+    inputs = make_inputs(3, 4)
+    e = torch.stack([fleet.e_min_kwh, fleet.e_max_kwh, fleet.e_init_kwh])  # empty, full, start
+    state = torch.stack([e, e], -1)
+    p_down, q_down = fleet.authority_demand(state, inputs, +1)
+    p_up, q_up = fleet.authority_demand(state, inputs, -1)
+    circle = torch.sqrt(fleet.s_max_kva**2 - fleet.p_max_kw**2)
+    torch.testing.assert_close(p_down, fleet.p_max_kw.expand(3, 4))
+    torch.testing.assert_close(p_up, -fleet.p_max_kw.expand(3, 4))
+    torch.testing.assert_close(q_down, circle.expand(3, 4), rtol=1e-4, atol=0)  # absorbs
+    torch.testing.assert_close(q_up, -circle.expand(3, 4), rtol=1e-4, atol=0)  # injects
+    assert torch.all(p_down**2 + q_down**2 <= fleet.s_max_kva**2 * (1 + 1e-12))
+    # the generic corner search keeps the energy limits: a full battery cannot charge there
+    p_full, _ = DeviceModel.authority_demand(fleet, state, inputs, +1)
+    assert torch.all(p_full[1] < 1e-9) and torch.all(p_down[1] > 0)
+    plain = make_fleet(Battery, n=4)
+    p, q = plain.authority_demand(state, inputs, -1)
+    torch.testing.assert_close(p, -plain.p_max_kw.expand(3, 4))
+    assert torch.all(q == 0)
+
+
+@pytest.mark.parametrize("cls, params", AUTHORITY_FLEETS)
+def test_authority_overrides_match_the_default_corner_search_where_limits_do_not_bind(cls, params):
+    """With room in the energy limits (short step, mid state of charge) the rated extremes are
+    the corners of the policy box, picked lexicographically (p, then q)."""
+    fleet = make_fleet(cls, n=6, seed=3, dt_h=0.1, **params)
+    state = fleet.initial_state(2, torch.zeros(2))
+    if cls is Battery:
+        e = 0.5 * (fleet.e_min_kwh + fleet.e_max_kwh).expand(2, 6)
+        state = torch.stack([e, e], -1)
+    inputs = make_inputs(2, 6, dt_h=0.1, temp_out_c=-5.0)
+    for direction in (+1, -1):
+        p, q = fleet.authority_demand(state, inputs, direction)
+        p_ref, q_ref = DeviceModel.authority_demand(fleet, state, inputs, direction)
+        torch.testing.assert_close(p, p_ref)
+        torch.testing.assert_close(q, q_ref)
+
+
+def test_heat_pump_and_generator_authority_extremes():
+    hp = make_fleet(HeatPump, n=4)
+    state = hp.initial_state(1, torch.zeros(1))
+    inputs = make_inputs(1, 4)
+    p, q = hp.authority_demand(state, inputs, +1)
+    torch.testing.assert_close(p, hp.p_max_kw.expand(1, 4))
+    torch.testing.assert_close(q, (hp.p_max_kw * hp.tan_phi).expand(1, 4))
+    p, q = hp.authority_demand(state, inputs, -1)
+    assert torch.all(p == 0) and torch.all(q == 0)
+    gen = make_fleet(Generator, n=4, reactive_power=True)
+    state = gen.initial_state(1, torch.zeros(1))
+    p, q = gen.authority_demand(state, inputs, +1)  # off, absorbing its full circle
+    assert torch.all(p == 0)
+    torch.testing.assert_close(q, gen.s_max_kva.expand(1, 4), rtol=1e-4, atol=0)
+    p, q = gen.authority_demand(state, inputs, -1)  # at p_max, injecting what the circle leaves
+    torch.testing.assert_close(p, -gen.p_max_kw.expand(1, 4))
+    torch.testing.assert_close(q, -torch.sqrt(gen.s_max_kva**2 - gen.p_max_kw**2).expand(1, 4),
+                               rtol=1e-4, atol=0)

@@ -9,7 +9,7 @@ The ``ac3ph`` solver plugin (``gridflex_plugins.solvers.ac3ph``) wraps these for
 """
 
 from gridflex.powerflow.implicit import AdjointReport, SolveOptions, ZBusFixedPoint
-from gridflex.powerflow.result import PowerFlowResult, solve_power_flow
+from gridflex.powerflow.result import PowerFlowResult, combine_results, map_batch, solve_power_flow
 from gridflex.powerflow.zbus import ZBusNetwork, build_network, load_nodes
 
 __all__ = [
@@ -19,6 +19,8 @@ __all__ = [
     "ZBusFixedPoint",
     "ZBusNetwork",
     "build_network",
+    "combine_results",
     "load_nodes",
+    "map_batch",
     "solve_power_flow",
 ]

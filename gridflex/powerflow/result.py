@@ -164,3 +164,51 @@ def _detach_rows(t: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | N
     if t is None or not t.requires_grad:
         return t
     return torch.where(keep.unsqueeze(-1), t, t.detach())
+
+
+# ------------------------------------------------------------------------------------------------
+# Re-shaping and joining results (several regulator tap states, step-by-step solves)
+# ------------------------------------------------------------------------------------------------
+_SHARED_FIELDS = ("v_base_v", "node_names", "network")
+
+
+def map_batch(flow: PowerFlowResult, fn) -> PowerFlowResult:
+    """A result with ``fn`` applied to every batched tensor (e.g. a row selection or reshape).
+
+    Branch currents are carried along when they have been computed; otherwise they are computed
+    later from ``flow.network``, which is right for a result that came from one network.
+    """
+    kwargs = {}
+    for name in PowerFlowResult.__dataclass_fields__:
+        if name == "_branch_currents":
+            continue
+        value = getattr(flow, name)
+        kwargs[name] = value if name in _SHARED_FIELDS else fn(value)
+    out = PowerFlowResult(**kwargs)
+    if flow._branch_currents is not None:
+        out._branch_currents = fn(flow._branch_currents)
+    return out
+
+
+def combine_results(flows: list[PowerFlowResult], how: str,
+                    index: torch.Tensor | None = None) -> PowerFlowResult:
+    """Join results: ``how="stack"`` along a new dim 1 (steps), or ``"cat"`` along dim 0, then
+    reorder rows by ``index``. Branch currents are evaluated per part first, since the parts may
+    come from networks at different regulator taps (the joined result keeps the first part's
+    network only for its shared node data)."""
+    if len(flows) == 1 and how == "cat" and index is None:
+        return flows[0]
+
+    def join(tensors):
+        out = torch.stack(tensors, 1) if how == "stack" else torch.cat(tensors, 0)
+        return out if index is None else out[index]
+
+    kwargs = {}
+    for name in PowerFlowResult.__dataclass_fields__:
+        if name == "_branch_currents":
+            continue
+        value = getattr(flows[0], name)
+        kwargs[name] = value if name in _SHARED_FIELDS else join([getattr(f, name) for f in flows])
+    combined = PowerFlowResult(**kwargs)
+    combined._branch_currents = join([f.branch_currents_a for f in flows])
+    return combined

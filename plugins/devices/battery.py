@@ -239,6 +239,22 @@ class Battery(DeviceModel):
             return self.u_for(zero, q_demand_kvar, state, inputs)
         return self.u_for(zero, None, state, inputs)
 
+    def authority_demand(self, state: torch.Tensor, inputs: StepInputs,
+                         direction: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rated extreme ``p_kw, q_kvar`` ``[B, N]`` (demand sign), state of charge ignored.
+
+        ``direction = +1`` (lowers the voltage): charge at ``+p_max`` and, with
+        ``reactive_power``, absorb the ``q`` the inverter circle leaves at that ``p``;
+        ``direction = -1`` (raises it): discharge at ``-p_max`` and inject that ``q``. Without
+        ``reactive_power``, ``q = 0``. See :meth:`DeviceModel.authority_demand`.
+        """
+        if direction not in (1, -1):
+            raise ValueError(f"direction must be +1 or -1, got {direction!r}")
+        p_kw = direction * self.p_max_kw.expand(state.shape[:-1])
+        if not self.reactive_power:
+            return p_kw, torch.zeros_like(p_kw)
+        return p_kw, direction * reactive_limit_kvar(p_kw, self.s_max_kva)
+
     # ------------------------------------------------------------------ convex model (reference)
     def convex_model(self, cp, steps: int) -> ConvexFleet:
         """One day as a convex program (exact): separate charge/discharge powers ``p+ , p- >= 0``

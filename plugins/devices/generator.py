@@ -183,6 +183,24 @@ class Generator(DeviceModel):
         q_out_kvar = volt_var_injection_frac(v_pu) * self.s_max_kva if self.reactive_power else None
         return self.u_for(p_out_kw, q_out_kvar)
 
+    def authority_demand(self, state: torch.Tensor, inputs: StepInputs,
+                         direction: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rated extreme ``p_kw, q_kvar`` ``[B, N]`` (demand sign: ``-p_out``, ``-q_out``).
+
+        ``direction = +1`` (lowers the voltage): off and, with ``reactive_power``, absorbing
+        its full circle ``q = +s_max``; ``direction = -1`` (raises it): at ``p_max``
+        (``p = -p_max``) injecting the vars its circle leaves there. Without
+        ``reactive_power``, ``q = 0``. See :meth:`DeviceModel.authority_demand`.
+        """
+        if direction not in (1, -1):
+            raise ValueError(f"direction must be +1 or -1, got {direction!r}")
+        p_max = self.p_max_kw.expand(state.shape[:-1])
+        p_out_kw = torch.zeros_like(p_max) if direction == 1 else p_max
+        if not self.reactive_power:
+            return -p_out_kw, torch.zeros_like(p_out_kw)
+        q_limit_kvar = reactive_limit_kvar(p_out_kw, self.s_max_kva)
+        return -p_out_kw, direction * q_limit_kvar
+
     # ------------------------------------------------------------------ convex model (reference)
     def convex_model(self, cp, steps: int) -> ConvexFleet:
         """One day as a convex QP (exact): ``0 <= p_out <= p_max`` ``[N, T]`` (kW), fuel cost

@@ -231,6 +231,20 @@ class HeatPump(DeviceModel):
             raise ValueError(f"unknown controller {controller!r}; expected one of {CONTROLLERS}")
         return (self.thermostat_p_kw(state, inputs) / self.p_max_kw).clamp(0.0, 1.0).unsqueeze(-1)
 
+    def authority_demand(self, state: torch.Tensor, inputs: StepInputs,
+                         direction: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rated extreme ``p_kw, q_kvar`` ``[B, N]`` (demand sign), comfort band ignored.
+
+        ``direction = +1`` (lowers the voltage): on at ``p_max`` with its lagging
+        ``q = p_max tan(phi)``; ``direction = -1`` (raises it): off, ``p = q = 0``. See
+        :meth:`DeviceModel.authority_demand`.
+        """
+        if direction not in (1, -1):
+            raise ValueError(f"direction must be +1 or -1, got {direction!r}")
+        p_max = self.p_max_kw.expand(state.shape[:-1])
+        p_kw = p_max if direction == 1 else torch.zeros_like(p_max)
+        return p_kw, p_kw * self.tan_phi
+
     # ------------------------------------------------------------------ convex model (reference)
     def convex_model(self, cp, steps: int) -> ConvexFleet:
         """One day as a linear program, exact for a known outdoor temperature: ``0 <= p <= p_max``

@@ -28,7 +28,8 @@ from the third iteration on while the AC plan violates, up to ``max_margin_pu``.
 when the AC violation rate (voltage and line) is zero, when it is no more than the plan's own
 priced slacks (nothing the devices can do removes the rest), when it stops improving with no
 margin left, or after ``max_iterations``; the plan with the lowest (violation rate, AC cost) is
-kept. Where a battery plan charges and discharges at once, the minority direction is banned at
+kept. The network is the environment's, at its fixed taps (``frozen`` or ``settled`` tap
+treatment); a ``regulated`` scenario is refused. Where a battery plan charges and discharges at once, the minority direction is banned at
 those agent-steps and the day re-solved (:meth:`ConvexFleet.exclude_simultaneous`).
 
 :meth:`act` replays the plan: each fleet's ``to_u`` maps the planned action back to ``u`` through
@@ -94,6 +95,12 @@ class ReferenceLearner(Learner):
     # ------------------------------------------------------------------ planning
     def prepare(self, exogenous) -> None:
         """Plan every day of ``exogenous`` (perfect foresight), see the module docstring."""
+        if self.env.tap_treatment == "regulated":
+            raise UserError(
+                "the reference plans on one fixed network, and this scenario's feeder.tap_treatment is "
+                "'regulated' (taps chosen by the tap controller inside the rollout, an integer decision "
+                "the convex plan cannot make); use tap_treatment 'settled' or 'frozen' for a scenario "
+                "that needs C_ref (docs/network.md, Regulators)")
         if self._opf is None:
             self._opf = ReferenceOPF(self.env, self.config, exogenous.steps, exogenous.dt_h)
         plans = [[] for _ in self.env.fleets]

@@ -15,9 +15,33 @@ are paid, plus device costs). Residuals are normalised so one step size ``rho`` 
 terminal residuals in their device units (degC, kWh) divided by ``local_scale``. Every dual is
 therefore in EUR per unit of normalised residual (per step for the per-step groups).
 
-Dual ascent: ``lam <- clip(lam + rho * mean residual, 0, lam_max)`` with the mean over days (and,
-for the hourly groups, over the steps of that hour; for local groups over steps) — a per-step
-mean, so ``rho`` means the same for every group.
+Dual update that can fall (DESIGN §3 step 4), per family ``F`` (voltage, line, local, terminal,
+feasibility)::
+
+    lam <- clip(lam + rho_F * (m - eps_F), 0, lam_max)          (:func:`dual_step`)
+
+``m`` is a per-dual measure over the batch — the mean over days (and, for the hourly groups, over
+the steps of that hour; for local groups over steps), a per-step mean, so ``rho`` means the same
+for every group — and ``eps_F`` the family's allowed level (normalised residual per step; ``> 0``
+by default, see ``learners.dual_ascent_rule``).
+
+Why not ``lam + rho * mean residual``: every residual is a relu (``>= 0``), so that update can
+never lower a dual; duals ratchet up to ``lam_max`` (27-49 % of the IEEE 123 voltage duals after
+40 iterations) and the Lagrangian drowns the cost. Two measures (option ``dual_measure``):
+
+* ``violation`` (default): ``m`` = the mean normalised residual; a satisfied constraint
+  (``m = 0``) lowers its dual by ``rho_F eps_F`` per iteration; at equilibrium ``m = eps_F``.
+* ``signed``: for voltage ``m`` = mean of ``max(|V| - v_max, v_min - |V|) / voltage_scale_pu``
+  (training limits; negative inside the band: minus the slack to the nearer limit), for lines
+  the mean of ``|I|/I_max - 1`` (negative below rating): the dual falls in proportion to the
+  slack, as in textbook primal-dual (a KKT point is a fixed point with ``eps_F = 0``). The
+  device-local and end-of-day families expose only relu residuals in the device contract (no
+  signed distance to their limits), and the feasibility distance is zero on the whole feasible
+  set, so those families always use ``violation``.
+
+The relu residuals ``g`` remain what the Lagrangian penalises and what the metrics count; the
+measures only move the duals. :meth:`Duals.family_report` gives each family's dual mean and share
+of entries at ``lam_max`` (written to ``history.csv``).
 
 Network term ``feasibility_distance`` (option ``network_term``; DESIGN §2c, issue #6): the two
 AC groups are replaced by **one hourly dual** ``lam_F [H]`` on the squared distance of the step's
@@ -42,12 +66,39 @@ here) is built once per learner, linearised at the base case.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
 from gridflex.env import Environment, Rollout
 from gridflex.metrics import day_costs, network_terms
+
+
+FAMILIES = ("voltage", "line", "local", "terminal", "feasibility")
+AT_MAX_RTOL = 1e-9  # an entry counts as "at lam_max" when >= lam_max * (1 - AT_MAX_RTOL)
+
+
+def dual_step(lam: torch.Tensor, measure: torch.Tensor, rho: float, allowed: float,
+              lam_max: float) -> torch.Tensor:
+    """``lam <- clip(lam + rho * (measure - allowed), 0, lam_max)`` in place; returns ``lam``.
+
+    ``lam`` and ``measure`` have the same shape (any); ``measure`` may be signed (negative when
+    the constraint holds with slack) or a violation (``>= 0``), ``allowed`` is its allowed level
+    (same units), ``rho`` the step (units of ``lam`` per unit of measure)."""
+    return lam.add_(rho * (measure.to(lam.dtype) - allowed)).clamp_(0.0, lam_max)
+
+
+@dataclass
+class DualAscent:
+    """The dual update of the module docstring: per-family rates ``rho`` (EUR per unit of measure
+    per iteration) and allowed levels ``allowed`` (normalised residual per step), keyed by
+    :data:`FAMILIES`, the upper clip ``lam_max`` and the network families' ``measure``."""
+
+    rho: dict[str, float]
+    allowed: dict[str, float]
+    lam_max: float
+    measure: Literal["violation", "signed"] = "violation"
 
 
 @dataclass
@@ -98,13 +149,33 @@ class Duals:
         """Hourly duals ``[H, X]`` expanded to steps ``[T, X]``."""
         return lam.repeat_interleave(self.steps_per_hour, 0)
 
-    def ascend(self, means: "ResidualMeans", rho: float, lam_max: float) -> None:
-        """``lam <- clip(lam + rho * mean residual, 0, lam_max)`` for every group."""
-        network = ([(self.feasibility, means.feasibility)] if self.uses_feasibility
-                   else [(self.voltage, means.voltage), (self.line, means.line)])
-        pairs = [*network, *zip(self.local, means.local), *zip(self.terminal, means.terminal)]
-        for lam, g in pairs:
-            lam.add_(rho * g.to(lam.dtype)).clamp_(0.0, lam_max)
+    def families(self) -> dict[str, list[torch.Tensor]]:
+        """The duals in use by family (``local``/``terminal``: one tensor per fleet)."""
+        network = ({"feasibility": [self.feasibility]} if self.uses_feasibility
+                   else {"voltage": [self.voltage], "line": [self.line]})
+        return {**network, "local": list(self.local), "terminal": list(self.terminal)}
+
+    def ascend(self, means: "ResidualMeans", rule: DualAscent) -> None:
+        """One :func:`dual_step` per group with its family's measure, rate and allowed level."""
+        signed = rule.measure == "signed"
+        measures = {"voltage": [means.voltage_signed if signed else means.voltage],
+                    "line": [means.line_signed if signed else means.line],
+                    "feasibility": [means.feasibility], "local": means.local, "terminal": means.terminal}
+        for family, duals in self.families().items():
+            for lam, m in zip(duals, measures[family], strict=True):
+                dual_step(lam, m, rule.rho[family], rule.allowed[family], rule.lam_max)
+
+    def family_report(self, lam_max: float) -> dict[str, float | None]:
+        """``dual_<family>_mean`` and ``dual_<family>_at_max`` (share of entries ``>= lam_max (1 -
+        1e-9)``) for the families in use; ``None`` for a family without entries."""
+        report: dict[str, float | None] = {}
+        for family, duals in self.families().items():
+            flat = torch.cat([t.reshape(-1) for t in duals]) if duals else torch.zeros(0)
+            empty = flat.numel() == 0
+            report[f"dual_{family}_mean"] = None if empty else float(flat.mean())
+            report[f"dual_{family}_at_max"] = None if empty else float(
+                (flat >= lam_max * (1.0 - AT_MAX_RTOL)).double().mean())
+        return report
 
     def state_dict(self) -> dict:
         return {"voltage": self.voltage, "line": self.line, "feasibility": self.feasibility,
@@ -121,13 +192,18 @@ class Duals:
 
 @dataclass
 class ResidualMeans:
-    """Per-dual mean normalised residuals of a batch (shapes as the :class:`Duals`)."""
+    """Per-dual batch measures (shapes as the :class:`Duals`): mean normalised residuals
+    (``voltage [H, M]``, ``line [H, R]``, per fleet ``local [N, r]``, ``terminal [N, rT]``,
+    ``feasibility [H]``) and the signed measures of the module docstring (``voltage_signed [H, M]``,
+    ``line_signed [H, R]``; negative with slack)."""
 
     voltage: torch.Tensor
     line: torch.Tensor
     local: list[torch.Tensor]
     terminal: list[torch.Tensor]
     feasibility: torch.Tensor | None = None  # [H], with the feasibility network term
+    voltage_signed: torch.Tensor | None = None
+    line_signed: torch.Tensor | None = None
 
 
 # tight enough for an accurate KKT adjoint where several limits are active at the projection
@@ -228,11 +304,18 @@ def lagrangian(env: Environment, rollout: Rollout, duals: Duals, v_limits_train_
             penalty = penalty + (g_end * duals.terminal[f]).sum((1, 2))
         local_means.append(g_loc.detach().mean((0, 1)))
         terminal_means.append(g_end.detach().mean(0))
+
+    def hourly_mean(x: torch.Tensor) -> torch.Tensor:  # [B, T, X] -> [H, X], detached
+        return x.detach().reshape(b, h, sph, -1).mean((0, 2))
+
+    v_min, v_max = v_limits_train_pu
+    vm = terms.vm_pu.detach()  # [B, T, M]
     means = ResidualMeans(
-        voltage=g_v.detach().reshape(b, h, sph, -1).mean((0, 2)),
-        line=g_i.detach().reshape(b, h, sph, -1).mean((0, 2)),
+        voltage=hourly_mean(g_v), line=hourly_mean(g_i),
         local=local_means, terminal=terminal_means,
-        feasibility=None if g_f is None else g_f.detach().reshape(b, h, sph).mean((0, 2)))
+        feasibility=None if g_f is None else g_f.detach().reshape(b, h, sph).mean((0, 2)),
+        voltage_signed=hourly_mean(torch.maximum(vm - v_max, v_min - vm) / voltage_scale_pu),
+        line_signed=hourly_mean(terms.line_loading - 1.0))
     value = (cost + penalty).mean()
     return LagrangianValue(value, float(cost.detach().mean()), float(penalty.detach().mean()),
                            float((terms.v_residual_pu > 0).double().mean()), means,

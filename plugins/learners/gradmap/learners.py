@@ -44,7 +44,7 @@ from gridflex.components import StepInputs
 from gridflex.policies import PolicySet, clip_grad_norm_per_agent_
 from gridflex.training import TrainableLearner, Trainer, TrainingConfig
 
-from .lagrangian import DualInit, Duals, FeasibilityTerm, lagrangian
+from .lagrangian import FAMILIES, DualAscent, DualInit, Duals, FeasibilityTerm, lagrangian
 from .surrogate import fit_policies, normalise_gradient, proximal_targets
 
 
@@ -62,8 +62,26 @@ class PolicyLearnerConfig(TrainingConfig):
     dual_init_line: float = Field(20.0, ge=0, description="initial line-loading dual (EUR per unit overload per conductor-step)")
     dual_init_local: float = Field(1.0, ge=0, description="initial per-agent local (comfort) dual (EUR per degC-step)")
     dual_init_terminal: float = Field(1.0, ge=0, description="initial per-agent end-of-day dual (EUR per kWh or degC)")
-    rho: float = Field(1000.0, ge=0, description="dual ascent step (EUR per unit of mean normalised residual per iteration)")
+    rho: float = Field(1000.0, ge=0, description="common dual step (EUR per unit of the dual measure per iteration)")
+    rho_voltage: float | None = Field(None, ge=0, description="voltage dual step (as rho); None: rho")
+    rho_line: float | None = Field(None, ge=0, description="line-loading dual step (as rho); None: rho")
+    rho_local: float | None = Field(None, ge=0, description="local (comfort) dual step (as rho); None: rho")
+    rho_terminal: float | None = Field(None, ge=0, description="end-of-day dual step (as rho); None: rho")
+    rho_feasibility: float | None = Field(None, ge=0, description="feasibility-distance dual step (as rho); None: rho")
     lambda_max: float = Field(1e4, gt=0, description="upper clip of every dual (EUR per unit)")
+    dual_measure: Literal["violation", "signed"] = Field(
+        "violation", description="what moves the voltage and line duals: the mean normalised residual, or "
+        "the signed mean distance past the limit (negative with slack); device and feasibility duals: violation")
+    dual_allowed_voltage: float = Field(
+        1e-3, ge=0, description="allowed level of the voltage measure (normalised residual per node-step)")
+    dual_allowed_line: float = Field(
+        1e-3, ge=0, description="allowed level of the line measure (relative overload per conductor-step)")
+    dual_allowed_local: float = Field(
+        1e-2, ge=0, description="allowed mean local residual (normalised residual per agent-step, degC / local_scale)")
+    dual_allowed_terminal: float = Field(
+        1e-2, ge=0, description="allowed mean end-of-day residual (normalised residual per agent, kWh or degC / local_scale)")
+    dual_allowed_feasibility: float = Field(
+        1e-3, ge=0, description="allowed mean squared feasibility distance (normalised units per step)")
     warm_start_epochs: int = Field(
         30, ge=0, description="behaviour-cloning epochs onto no_control before training (0: none)")
     network_term: Literal["ac_residuals", "feasibility_distance"] = Field(
@@ -76,11 +94,33 @@ class PolicyLearnerConfig(TrainingConfig):
         "moves the median monitored voltage by voltage_scale_pu")
 
 
+def dual_ascent_rule(cfg: PolicyLearnerConfig) -> DualAscent:
+    """The dual update of ``cfg``: per-family rate (``rho_<family>``, else ``rho``) and allowed level.
+
+    Default allowed levels (``eps``, normalised residual per step, all > 0 so that a satisfied
+    constraint's dual falls by ``rho eps`` per iteration under ``dual_measure: violation``):
+    voltage ``1e-3`` = a mean residual of 1e-5 pu per node-step at the *training* limits (e.g.
+    1 % of an hour's samples 0.001 pu past them), far inside the 0.005 pu margin to the evaluation
+    limits, yet a fall of 1 EUR per iteration at ``rho`` 1000; line ``1e-3``: 0.1 % mean overload
+    (lines have no training margin); local and terminal ``1e-2``: 0.01 degC or kWh per agent-step
+    or day, below any comfort or energy shortfall that matters, while the device duals (initial 1)
+    are small enough to need a faster fall; feasibility ``1e-3``: ``g_F`` is squared, so 1e-3 is a
+    distance of about 0.03 voltage units. A larger ``eps`` lets duals fall faster and tolerates
+    more residual; ``dual_measure: signed`` falls in proportion to the slack instead.
+    """
+    rates = {f: getattr(cfg, f"rho_{f}") for f in FAMILIES}
+    return DualAscent(rho={f: cfg.rho if r is None else r for f, r in rates.items()},
+                      allowed={f: getattr(cfg, f"dual_allowed_{f}") for f in FAMILIES},
+                      lam_max=cfg.lambda_max, measure=cfg.dual_measure)
+
+
 class _PolicyLearner(TrainableLearner):
     """Policies, optimiser, duals, warm start and state dicts of the family."""
 
     Config: ClassVar = PolicyLearnerConfig
     dual_ascent: ClassVar[bool] = True
+    dual_columns: ClassVar[tuple[str, ...]] = tuple(
+        f"dual_{f}_{k}" for f in FAMILIES for k in ("mean", "at_max"))
 
     def __init__(self, config, env, *, seed: int = 0):
         config = config if isinstance(config, self.Config) else self.Config.model_validate(config)
@@ -93,6 +133,7 @@ class _PolicyLearner(TrainableLearner):
                            DualInit(config.dual_init_voltage, config.dual_init_line, config.dual_init_local,
                                     config.dual_init_terminal, config.dual_init_feasibility),
                            feasibility=config.network_term == "feasibility_distance")
+        self.ascent = dual_ascent_rule(config)
         self._feasibility: FeasibilityTerm | None = None  # built on first use
         self.generator = torch.Generator().manual_seed(int(seed) + 0x6D6170)
 
@@ -136,10 +177,14 @@ class _PolicyLearner(TrainableLearner):
         for policy, traj in zip(self.policies, rollout.fleets):
             policy.normaliser.update(traj.observations)
         if self.dual_ascent:
-            self.duals.ascend(lag.means, self.config.rho, self.config.lambda_max)
+            self.duals.ascend(lag.means, self.ascent)
 
     def dual_summary(self) -> tuple[float, float]:
         return self.duals.summary()
+
+    def dual_report(self) -> dict[str, float | None]:
+        """Per-family dual mean and share at ``lambda_max`` (:meth:`.lagrangian.Duals.family_report`)."""
+        return self.duals.family_report(self.config.lambda_max)
 
     def state_dict(self) -> dict:
         return {"policies": self.policies.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -215,7 +260,7 @@ class GradMAP(_PolicyLearner):
                                        cfg.epochs, cfg.minibatches, cfg.max_grad_norm, self.generator)
         self.policy_updates += steps
         if self.dual_ascent and ascend:
-            self.duals.ascend(lag.means, cfg.rho, cfg.lambda_max)
+            self.duals.ascend(lag.means, self.ascent)
         t2 = time.perf_counter()
         g_all = torch.cat([x.reshape(-1) for x in g])
         return {"lagrangian": float(lag.value.detach()), "train_cost_per_day": lag.cost_per_day,
