@@ -112,8 +112,10 @@ def compare(scenario: str | Path | None, learners: list[str], seeds: list[int], 
             doc = execute_run(loaded, registry, pm, run_dir, learner_seed=seed, references=False,
                               progress=progress)[name]
             runs.append(doc)
-            times.append(doc.get("time_to_target_s") if cls.trains else None)
-            loose.append(time_to_target(_history_rows(run_dir), _violation_only(target)) if cls.trains else None)
+            rows = _history_rows(run_dir) if cls.trains else []
+            times.append(_to_target(rows, target) if cls.trains else None)
+            loose.append(_to_target(rows, _violation_only(target)) if cls.trains else None)
+            _add_final_duals(doc, rows)
         result["learners"][name] = _learner_summary(runs, times, loose)
     path = out_dir / "comparison.json"
     path.write_text(json.dumps(result, indent=2))
@@ -153,23 +155,48 @@ def rescore(out_dir: Path, scenario: str | Path | None, *, overrides: list[str] 
             continue
         seeds = result["seeds"][: len(summary["runs"])]  # runs are in seed order
         histories = [_history_rows(out_dir / name / f"seed{seed}") for seed in seeds]
-        times = [time_to_target(rows, target) for rows in histories]
-        loose = [time_to_target(rows, _violation_only(target)) for rows in histories]
+        times = [_to_target(rows, target) for rows in histories]
+        loose = [_to_target(rows, _violation_only(target)) for rows in histories]
+        for run, rows in zip(summary["runs"], histories):
+            _add_final_duals(run, rows)
         result["learners"][name] = _learner_summary(summary["runs"], times, loose)
     path.write_text(json.dumps(result, indent=2))
     return result
 
 
-def _learner_summary(runs: list[dict], times: list[float | None], loose: list[float | None]) -> dict:
+def _to_target(rows: list[dict], target: Target) -> tuple[float | None, float | None]:
+    """(training-clock seconds, environment gradients) at the first row meeting ``target``."""
+    return time_to_target(rows, target), time_to_target(rows, target, "env_gradient_evaluations")
+
+
+def _add_final_duals(doc: dict, rows: list[dict]) -> None:
+    """Copy the last validation row's per-family dual columns (``dual_*``) into ``doc["duals"]``."""
+    if rows:
+        doc["duals"] = {k: v for k, v in rows[-1].items() if k.startswith("dual_") and v is not None}
+
+
+def _learner_summary(runs: list[dict], times: list[tuple], loose: list[tuple]) -> dict:
+    """Medians and IQRs per learner; ``times``/``loose``: (seconds, env gradients) per run."""
+    times = [t if isinstance(t, (tuple, list)) else (t, None) for t in times]
+    loose = [t if isinstance(t, (tuple, list)) else (t, None) for t in loose]
     keys = [k for k, v in runs[0]["test"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     columns = {k: [r["test"].get(k) for r in runs] for k in keys}
     columns.update({k: [r.get(k) for r in runs] for k in RUN_KEYS})
-    columns["time_to_target_s"] = times
-    columns["time_to_violation_target_s"] = loose
+    columns["time_to_target_s"] = [t[0] for t in times]
+    columns["gradients_to_target"] = [t[1] for t in times]
+    columns["time_to_violation_target_s"] = [t[0] for t in loose]
+    columns["gradients_to_violation_target"] = [t[1] for t in loose]
+    dual_keys = sorted({k for r in runs for k in r.get("duals", {})})
+    columns.update({k: [r.get("duals", {}).get(k) for r in runs] for k in dual_keys})
     median, iqr = {}, {}
     for key, values in columns.items():
+        if key.startswith("dual_") and any(v is None for v in values):
+            values = [v for v in values if v is not None]
         median[key], iqr[key] = summarise(values)
-    return {"runs": runs, "time_to_target_s": times, "time_to_violation_target_s": loose,
+    return {"runs": runs, "time_to_target_s": columns["time_to_target_s"],
+            "gradients_to_target": columns["gradients_to_target"],
+            "time_to_violation_target_s": columns["time_to_violation_target_s"],
+            "gradients_to_violation_target": columns["gradients_to_violation_target"],
             "median": median, "iqr": iqr}
 
 
@@ -178,12 +205,13 @@ def comparison_table(result: dict) -> str:
     def cell(summary, key, fmt):
         m, (lo, hi) = summary["median"].get(key), summary["iqr"].get(key, [None, None])
         if m is None:
-            return "never" if key.startswith("time_to") else "-"
+            return "never" if key.startswith(("time_to", "gradients_to")) else "-"
         show = lambda x: "inf" if x is None else fmt.format(x)  # noqa: E731
         return f"{fmt.format(m)} [{show(lo)}, {show(hi)}]"
 
-    cols = (("time_to_target_s", "time to target s", "{:.0f}"),
-            ("time_to_violation_target_s", "time to V target s", "{:.0f}"), ("cost_per_day", "cost/day", "{:.1f}"),
+    cols = (("time_to_target_s", "time to target s", "{:.1f}"), ("gradients_to_target", "env grads to target", "{:.0f}"),
+            ("time_to_violation_target_s", "time to V target s", "{:.1f}"),
+            ("gradients_to_violation_target", "env grads to V target", "{:.0f}"), ("cost_per_day", "cost/day", "{:.1f}"),
             ("voltage_violation_rate", "V viol.", "{:.2%}"), ("train_seconds", "train s", "{:.0f}"),
             ("env_gradient_evaluations", "env grads", "{:.0f}"))
     header = ["learner", "runs"] + [c[1] + " median [IQR]" for c in cols]

@@ -116,11 +116,13 @@ def write_target_sidecar(loaded: LoadedScenario, c_no_control: float, c_ref: flo
     return path
 
 
-def time_to_target(rows: list[dict], target: Target) -> float | None:
-    """Training-clock seconds (``wall_s``) of the first history row meeting ``target``."""
+def time_to_target(rows: list[dict], target: Target, column: str = "wall_s") -> float | None:
+    """Training-clock seconds (``wall_s``) of the first history row meeting ``target``; with
+    ``column="env_gradient_evaluations"``, the environment gradients spent by then (the
+    hardware-free measure of DESIGN §3)."""
     for row in rows:
         if target.met(row.get("val_violation_rate"), row.get("val_cost_per_day")):
-            return float(row["wall_s"])
+            return None if row.get(column) is None else float(row[column])
     return None
 
 

@@ -157,6 +157,11 @@ def test_learners_smoke_and_comparison_contract(setup, tmp_path):
         assert after is None or after == pytest.approx(before, rel=1e-5)
         full, loose = entry["time_to_target_s"][0], entry["time_to_violation_target_s"][0]
         assert full is None or (loose is not None and loose <= full)
+        grads, grads_loose = entry["gradients_to_target"][0], entry["gradients_to_violation_target"][0]
+        assert (grads is None) == (full is None) and (grads_loose is None) == (loose is None)
+        assert grads is None or 0 <= grads <= 2
+        if name != "ssl_penalty":  # fixed penalties: no dual families to report
+            assert "dual_voltage_at_max" in entry["runs"][0]["duals"]
         assert metrics["train_seconds"] == pytest.approx(float(rows[-1]["wall_s"]), rel=1e-5)
         state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
         fresh = make_learner(setup, name)

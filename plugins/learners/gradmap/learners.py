@@ -70,7 +70,7 @@ class PolicyLearnerConfig(TrainingConfig):
     rho_feasibility: float | None = Field(None, ge=0, description="feasibility-distance dual step (as rho); None: rho")
     lambda_max: float = Field(1e4, gt=0, description="upper clip of every dual (EUR per unit)")
     dual_measure: Literal["violation", "signed"] = Field(
-        "violation", description="what moves the voltage and line duals: the mean normalised residual, or "
+        "signed", description="what moves the voltage and line duals: the mean normalised residual, or "
         "the signed mean distance past the limit (negative with slack); device and feasibility duals: violation")
     dual_allowed_voltage: float = Field(
         1e-3, ge=0, description="allowed level of the voltage measure (normalised residual per node-step)")
