@@ -51,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("scenario", nargs="?", help="scenario YAML (default: embedded default)")
     _add_overrides(run)
-    run.add_argument("--device", help="torch device, overrides the scenario's `device`")
-    run.add_argument("--out", type=Path, help="output folder (default: runs/<name>/<stamp>)")
+    run.add_argument("--device", help="torch device (cpu, cuda or auto), overrides the scenario's `device`")
+    run.add_argument("--out", type=Path, help="output folder (default: runs/<name>/<stamp>); one that "
+                     "holds an earlier run needs --resume or --force (see docs/cli.md)")
     run.add_argument(
         "--no-references",
         action="store_true",
@@ -60,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     run.add_argument("--resume", action="store_true",
-                     help="continue training from --out's checkpoint.pt (same scenario)")
+                     help="continue training the run in --out from its checkpoint.pt; the scenario "
+                     "must match the folder's scenario.resolved.yaml except "
+                     "learner.params.budget_seconds/budget_iterations")
+    run.add_argument("--force", action="store_true",
+                     help="--out holds an earlier run: delete its outputs (metrics, history, "
+                     "checkpoint, policy, baselines/, plots/) and start over")
 
     compare = sub.add_parser(
         "compare",
@@ -111,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--load-mult", type=float, default=1.0, help="scale every load's kW and kvar")
     pf.add_argument("--taps", choices=("file", "opendss"), default="file", help="regulator taps")
     pf.add_argument("--json", type=Path, dest="json_out", help="write the result JSON here")
-    pf.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    pf.add_argument("--device", default="cpu", help="torch device: cpu, cuda or auto (default cpu)")
     pf.add_argument("--max-iter", type=int, default=100, help="iteration cap (default 100)")
 
     targets = sub.add_parser(

@@ -16,16 +16,135 @@ from gridflex.errors import UserError
 from gridflex.scenario import LoadedScenario
 
 
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def check_device(requested: str, where: str = "--device") -> str:
+    """``requested`` if it is one of :data:`DEVICES` and usable here, else a :class:`UserError`."""
+    if requested not in DEVICES:
+        raise UserError(
+            f"{where} {requested!r} is not a device gridflex knows; allowed: cpu (always), cuda "
+            "(an NVIDIA GPU with a CUDA build of PyTorch) or auto (cuda when available, else cpu)"
+        )
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"{where} 'cuda' requested but CUDA is not available on this machine (torch "
+            f"{torch.__version__}, cuda build: {torch.version.cuda or 'no'}); allowed here: cpu or "
+            "auto (which falls back to cpu)"
+        )
+    return requested
+
+
 def resolve_device(requested: str) -> torch.device:
     """``"cpu"``, ``"cuda"`` (must exist) or ``"auto"`` -> a torch device."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(
-            f"device {requested!r} requested but CUDA is not available on this machine; use "
-            "device: cpu (or auto) in the scenario, or --device cpu"
-        )
-    return torch.device(requested)
+    return torch.device(check_device(requested, "device"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Run folders: what a run writes, when --out may be (re)used, --resume and --force
+# ------------------------------------------------------------------------------------------------
+
+RESOLVED = "scenario.resolved.yaml"
+#: Files and folders a ``gridflex run`` writes into its --out folder (``--force`` removes these).
+RUN_FILES = ("metrics.json", "history.csv", "history.csv.tmp", "checkpoint.pt", "checkpoint.pt.tmp",
+             "policy.pt", "policy.pt.tmp", "schedules.npz", "monitored_nodes.txt",
+             "learner_extras.json", RESOLVED, "plan.txt")
+RUN_DIRS = ("baselines", "plots")
+#: Keys of the resolved scenario that may change when a run is resumed: the budget only.
+RESUME_FREE_KEYS = ("learner.params.budget_seconds", "learner.params.budget_iterations")
+RESUME_RULE = ("on --resume only learner.params.budget_seconds and learner.params.budget_iterations "
+               "may differ from the run folder's scenario.resolved.yaml (to extend or shorten the "
+               "budget); every other key shapes what is trained and must match")
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out or {prefix: {}}
+    if isinstance(value, list) and value and any(isinstance(v, (dict, list)) for v in value):
+        out = {}
+        for i, item in enumerate(value):
+            out.update(_flatten(item, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
+def scenario_differences(old: dict, new: dict, free: tuple[str, ...] = RESUME_FREE_KEYS) -> list[str]:
+    """Dotted keys (``devices[0].count``) whose values differ between two resolved scenarios,
+    except ``free`` ones, each as ``key (run folder: X, now: Y)``."""
+    a, b = _flatten(old), _flatten(new)
+    missing = object()
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in free:
+            continue
+        x, y = a.get(key, missing), b.get(key, missing)
+        if x != y:
+            show = lambda v: "absent" if v is missing else json.dumps(v)  # noqa: E731
+            diffs.append(f"{key} (run folder: {show(x)}, now: {show(y)})")
+    return diffs
+
+
+def _resolved_dict(loaded: LoadedScenario) -> dict:
+    """The resolved scenario exactly as :meth:`RunPlan.write` stores it (after a YAML round trip)."""
+    return yaml.safe_load(yaml.safe_dump(loaded.config.model_dump(mode="json"), sort_keys=False))
+
+
+def check_resume(loaded: LoadedScenario, out_dir: Path) -> dict:
+    """Refuse (:class:`UserError`) to resume ``out_dir`` unless it holds a readable checkpoint of
+    the same training configuration (:data:`RESUME_RULE`); returns the checkpoint. Reads only."""
+    from gridflex.training import CHECKPOINT, read_checkpoint
+
+    if not out_dir.is_dir():
+        raise UserError(f"--resume: run folder {out_dir} does not exist"
+                        + (" (it is a file)" if out_dir.exists() else "")
+                        + "; --out must name the folder of an earlier `gridflex run --out` to continue")
+    if not (out_dir / CHECKPOINT).is_file():
+        raise UserError(f"--resume: {out_dir} holds no {CHECKPOINT}, so there is nothing to continue; "
+                        "give --out the folder of a run that trained (it writes a checkpoint at every "
+                        "validation point), or drop --resume to start a new run")
+    resolved = out_dir / RESOLVED
+    if not resolved.is_file():
+        raise UserError(f"--resume: {out_dir} has {CHECKPOINT} but no {RESOLVED}, so gridflex cannot "
+                        "check that the scenario is the one it was trained with; restore the file or "
+                        "start over with --force")
+    try:
+        old = yaml.safe_load(resolved.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"--resume: {resolved} is not readable YAML ({exc.__class__.__name__}); "
+                        "restore it or start over with --force") from None
+    diffs = scenario_differences(old if isinstance(old, dict) else {}, _resolved_dict(loaded))
+    if diffs:
+        raise UserError(f"--resume: the scenario differs from the one {out_dir} was trained with in "
+                        f"{len(diffs)} training-relevant key(s): {'; '.join(diffs)}. Rule: {RESUME_RULE}. "
+                        "Nothing was changed; use the same scenario and overrides, or another --out "
+                        "(or --force to replace this run)")
+    return read_checkpoint(out_dir / CHECKPOINT, map_location="cpu")
+
+
+def existing_run_outputs(out_dir: Path) -> list[str]:
+    """Names of the run outputs that ``out_dir`` already holds (see :data:`RUN_FILES`)."""
+    if not out_dir.is_dir():
+        return []
+    return [name for name in RUN_FILES + RUN_DIRS if (out_dir / name).exists()]
+
+
+def clear_run_outputs(out_dir: Path) -> list[str]:
+    """Remove a previous run's outputs from ``out_dir`` (only the names a run writes); returns them."""
+    import shutil
+
+    removed = existing_run_outputs(out_dir)
+    for name in removed:
+        path = out_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return removed
 
 
 @dataclass

@@ -21,7 +21,8 @@ A learner that trains subclasses :class:`TrainableLearner` (its ``Config`` subcl
   ``meets_target``; an empty cell where a value is not meaningful.
 * **Checkpoints** (``checkpoint.pt``: the learner's state dict, counters, clock and history) saved
   atomically (temp file, then ``os.replace``) at every validation point, loadable with
-  ``torch.load(..., weights_only=True)``; ``resume=True`` continues from one. With
+  ``torch.load(..., weights_only=True)``; ``resume=True`` continues from one (its own validation
+  point is not repeated; a damaged one is a :class:`~gridflex.errors.UserError`, see docs/cli.md). With
   ``select_best`` the learner ends in the state of its best validation point (target met at the
   lowest cost, else the lowest violation rate), saved as ``policy.pt``.
 * The ``gridflex_on_iteration(run, record)`` hook is called with each history row.
@@ -34,6 +35,7 @@ import copy
 import csv
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,7 @@ import torch
 from pydantic import Field, model_validator
 
 from gridflex.components import Learner, StrictConfig
+from gridflex.errors import UserError
 from gridflex.env import Exogenous
 from gridflex.metrics import evaluation_metrics
 from gridflex.targets import Target
@@ -137,6 +140,7 @@ class TrainingResult:
     history: list[dict] = field(default_factory=list)
     time_to_target_s: float | None = None
     best_index: int | None = None
+    report: list[str] = field(default_factory=list)  # the end-of-training lines (outcome_report)
 
 
 def validation_days_exogenous(world) -> Exogenous:
@@ -195,11 +199,19 @@ class Trainer:
         if self.resume and self.out_dir is not None and (self.out_dir / CHECKPOINT).exists():
             iteration, offset_s, eval_base, history = self._load_checkpoint(learner)
             eval_s = eval_base
+            if self.progress:
+                print(f"resumed from iteration {iteration} ({offset_s:.1f} s of training clock) of "
+                      f"{self.out_dir / CHECKPOINT}", file=sys.stderr, flush=True)
             self.rng = np.random.default_rng([self.seed, 0x747261696E, iteration])
         else:
             learner.setup(self)
         clock = lambda: offset_s + time.perf_counter() - start - (eval_s - eval_base)  # noqa: E731
         best_state, best_index, best_score = None, None, None
+        resumed_at = None
+        if history and self.resume:  # the checkpoint's own validation point: not validated twice
+            resumed_at = iteration
+            best_index, best_score = len(history) - 1, _score(history[-1], self.target)
+            best_state = copy.deepcopy(learner.state_dict()) if cfg.select_best else None
         next_val_s = clock() if not history else float(history[-1]["wall_s"]) + cfg.validation_interval_s
         bar = self._progress_bar(cfg)
         last_extras: dict = {}
@@ -209,7 +221,7 @@ class Trainer:
                 cfg.budget_iterations is not None and iteration >= cfg.budget_iterations)
             due = (iteration % cfg.validation_interval_iterations == 0
                    if cfg.validation_interval_iterations else now >= next_val_s)
-            if due or done or not history:
+            if (due or done or not history) and iteration != resumed_at:
                 t_eval = time.perf_counter()
                 row = self._record(learner, iteration, now, last_extras)
                 row["eval_wall_s"] = eval_s + time.perf_counter() - t_eval
@@ -249,7 +261,11 @@ class Trainer:
             from gridflex.targets import time_to_target
 
             ttt = time_to_target(history, self.target)
-        return TrainingResult(train_seconds, eval_s, iteration, history, ttt, best_index)
+        result = TrainingResult(train_seconds, eval_s, iteration, history, ttt, best_index)
+        result.report = outcome_report(result, self.target, select_best=cfg.select_best)
+        if self.progress:
+            print("\n".join(result.report), file=sys.stderr, flush=True)
+        return result
 
     def _progress_bar(self, cfg):
         if not self.progress:
@@ -308,12 +324,86 @@ class Trainer:
         _atomic_save(state, self.out_dir / CHECKPOINT)
 
     def _load_checkpoint(self, learner):
-        state = torch.load(self.out_dir / CHECKPOINT, weights_only=True)
+        state = read_checkpoint(self.out_dir / CHECKPOINT)
         learner.load_state_dict(state["learner"])
         learner.env_gradient_evaluations = state["env_gradient_evaluations"]
         learner.policy_updates = state["policy_updates"]
         self.env.power_flow_solves = state["power_flow_solves"]
         return state["iteration"], state["wall_s"], state["eval_wall_s"], list(state["history"])
+
+
+CHECKPOINT_KEYS = ("format", "learner", "iteration", "wall_s", "eval_wall_s", "power_flow_solves",
+                   "env_gradient_evaluations", "policy_updates", "history")
+
+
+def read_checkpoint(path: Path, map_location=None) -> dict:
+    """A ``checkpoint.pt`` loaded with ``weights_only=True`` (tensors on the devices they were saved
+    from unless ``map_location``); a file that is missing, truncated, refused by the safe loader
+    or not a gridflex checkpoint is a :class:`UserError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; --resume continues a run folder that "
+                        f"holds the {CHECKPOINT} written by an earlier `gridflex run --out` of it")
+    remedy = ("restore the file, or start over in this folder with --force (which discards it) or "
+              "in another --out folder")
+    try:
+        state = torch.load(path, weights_only=True, map_location=map_location)
+    except Exception as exc:  # noqa: BLE001 - any failure here is a damaged file, not a bug
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {path} cannot be read: it is damaged (e.g. truncated) or not a "
+                        f"checkpoint that torch.load(..., weights_only=True) accepts "
+                        f"({type(exc).__name__}: {reason[:200]}); {remedy}") from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing or state.get("format") != 1:
+        what = f"lacks {', '.join(missing)}" if missing else f"has format {state.get('format')!r}"
+        raise UserError(f"checkpoint {path} is not a gridflex checkpoint of format 1 (it {what}); "
+                        f"{remedy}")
+    return state
+
+
+def outcome_report(result: TrainingResult, target: Target | None, *, select_best: bool = True) -> list[str]:
+    """What happened, in words: the target, whether and when it was met (training clock and
+    environment gradients) or how far the best validation point stayed from it, and which
+    validation point's state the learner ends in."""
+    history = result.history
+    lines = []
+    best = history[result.best_index] if result.best_index is not None and history else None
+    if target is not None:
+        viol = f"validation violation rate <= {target.max_violation_rate:.2%}"
+        if target.max_cost_per_day is not None:
+            lines.append(f"target: {viol} and cost <= {target.max_cost_per_day:.1f} EUR/day "
+                         f"(C_ref {target.c_ref:.1f} + {target.cost_share_x:g} x (C_no_control "
+                         f"{target.c_no_control:.1f} - C_ref))")
+        else:
+            lines.append(f"target: {viol}, violation-only ({target.note or 'no cost bound'})")
+        met = next((r for r in history if target.met(r.get("val_violation_rate"), r.get("val_cost_per_day"))), None)
+        if met is not None:
+            lines.append(f"target met at iteration {met['iteration']}: {float(met['wall_s']):.1f} s of "
+                         f"training clock, {int(met['env_gradient_evaluations'])} environment gradients")
+        elif best is not None:
+            gaps = []
+            v = best.get("val_violation_rate")
+            if v is not None and v > target.max_violation_rate:
+                gaps.append(f"violation rate {v:.2%} vs <= {target.max_violation_rate:.2%} "
+                            f"(+{(v - target.max_violation_rate) * 100:.2f} points)")
+            c = best.get("val_cost_per_day")
+            if target.max_cost_per_day is not None and c is not None and c > target.max_cost_per_day:
+                gaps.append(f"cost {c:.1f} vs <= {target.max_cost_per_day:.1f} EUR/day "
+                            f"(+{c - target.max_cost_per_day:.1f})")
+            lines.append(f"target not met in {result.iterations} iterations "
+                         f"({result.train_seconds:.1f} s of training clock); the best validation point "
+                         f"(iteration {best['iteration']}) stayed at " + ("; ".join(gaps) or "the bound"))
+    if best is not None and select_best:
+        lines.append(f"selected checkpoint: iteration {best['iteration']} (wall_s {float(best['wall_s']):.1f} s), "
+                     "the best validation point" + (" (target met at the lowest cost)" if target is not None
+                                                    and target.met(best.get('val_violation_rate'),
+                                                                   best.get('val_cost_per_day'))
+                                                    else " (lowest violation rate)"))
+    elif history:
+        last = history[-1]
+        lines.append(f"selected checkpoint: the final state, iteration {last['iteration']} "
+                     f"(wall_s {float(last['wall_s']):.1f} s; select_best is off)")
+    return lines
 
 
 def _score(row: dict, target: Target | None) -> tuple:

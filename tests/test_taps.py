@@ -103,7 +103,7 @@ def test_one_treatment_from_calibration_to_test(setup, treatment, tmp_path, monk
     row = load_calibrate().evaluate_candidate(str(path), override, registry, pm, points=3)
     assert row["treatment"] == treatment
     assert row["judged"]["voltage_violation_rate"] == pytest.approx(expected_val["voltage_violation_rate"], abs=1e-12)
-    assert row["judged"]["cost_per_day"] == pytest.approx(expected_val["cost_per_day"], rel=1e-9)
+    assert row["judged"]["cost_per_day"] == pytest.approx(expected_val["cost_per_day"], rel=1e-7)  # solver tolerance 1e-8 pu
 
     # training rollouts carry regulator taps exactly when the treatment regulates
     seen = []
@@ -129,7 +129,7 @@ def test_one_treatment_from_calibration_to_test(setup, treatment, tmp_path, monk
     doc = compute_targets(loaded, registry, pm, reference=False, progress=lambda line: None)
     assert doc["tap_treatment"] == treatment and doc["taps"] == env.base_taps
     assert doc["no_control_violation_rate"] == pytest.approx(expected_val["voltage_violation_rate"], abs=1e-12)
-    assert doc["c_no_control"] == pytest.approx(expected_val["cost_per_day"], rel=1e-9)
+    assert doc["c_no_control"] == pytest.approx(expected_val["cost_per_day"], rel=1e-7)  # solver tolerance 1e-8 pu
 
     # test metrics of a run: the treatment, plus the tap controller as the second evaluation
     run_loaded = load_scenario(path, override + ["learner.type=no_control", "learner.params={}"], registry)
@@ -151,7 +151,10 @@ def test_one_treatment_from_calibration_to_test(setup, treatment, tmp_path, monk
     assert written["base_taps"] == env.base_taps
 
 
-def test_settled_taps_are_cached_with_provenance(setup):
+def test_settled_taps_are_cached_with_provenance(setup, tmp_path, monkeypatch):
+    import gridflex.world
+
+    monkeypatch.setattr(gridflex.world, "SETTLED_CACHE_DIR", tmp_path / "cache")
     path, pm, registry, _ = setup
     loaded = load_scenario(path, ["feeder.tap_treatment=settled"], registry)
     record_path = path.parent / "taps13.taps.json"
