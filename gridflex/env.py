@@ -348,18 +348,22 @@ class Environment:
         environment's per-tap-state solvers."""
         if self.feeder is None or not self.feeder.regcontrols:
             raise ValueError("this environment's feeder has no RegControls to regulate")
+        self.tap_solvers.enable_batched(self.solver, self.feeder, self.base_taps)
         return TapController(self.feeder, self.grid.node_names, self.tap_solvers, batch,
                              start_taps=self.base_taps)
 
     def solve_at_taps(self, load_scale: torch.Tensor, p_kw: torch.Tensor, q_kvar: torch.Tensor,
                       taps: np.ndarray | None, warm: torch.Tensor | None = None):
         """Power flow of day-steps ``[B, T, ...]`` each at its regulator taps ``taps [B, T, n_reg]``
-        (``None``: this environment's fixed taps), grouped by tap state; differentiable like
-        :meth:`solve`. Counts ``B x T`` solves."""
+        (``None``: this environment's fixed taps), all in one batched solve when the solver
+        supports per-sample taps, else grouped by tap state (:class:`TapSolvers`);
+        differentiable like :meth:`solve`. Counts ``B x T`` solves."""
         b, steps = p_kw.shape[:2]
         self.power_flow_solves += b * steps
         if taps is None:
             return self.solver.solve(load_scale, p_kw, q_kvar, warm_start=warm)
+        if self.feeder is not None:
+            self.tap_solvers.enable_batched(self.solver, self.feeder, self.base_taps)
 
         def flat(x):
             return None if x is None else x.reshape(b * steps, *x.shape[2:])

@@ -79,17 +79,20 @@ class ZBusFixedPoint(torch.autograd.Function):
 
     ``p_pu``/``q_pu`` are device consumption (positive drawn) in pu of ``S_base``; any of the three
     may be None. Non-differentiable extra outputs: converged [B] bool, iterations [B] long,
-    residual [B] (pu). Rows that did not converge get zero gradient.
+    residual [B] (pu). Rows that did not converge get zero gradient. ``taps``: per-row regulator
+    taps (:class:`~gridflex.powerflow.zbus.TapRows`; constants), else the network's own.
     """
 
     @staticmethod
     def forward(ctx, p_pu, q_pu, load_scale, net: zbus.ZBusNetwork, options: SolveOptions,
-                v0: torch.Tensor | None, batch: int, report: AdjointReport | None):
+                v0: torch.Tensor | None, batch: int, report: AdjointReport | None,
+                taps: zbus.TapRows | None = None):
         c = zbus.injection_coefficients(net, batch, load_scale, _device_power(p_pu, q_pu))
         fp = zbus.solve_fixed_point(net, c, v0, tol=options.tol_pu, max_iter=options.max_iter,
                                     memory=options.anderson_m, start=options.anderson_start,
-                                    chunk_rows=options.chunk_rows)
+                                    chunk_rows=options.chunk_rows, taps=taps)
         ctx.net, ctx.options, ctx.batch, ctx.report = net, options, batch, report
+        ctx.k_conj = None if taps is None else taps.k.conj()
         ctx.has = (p_pu is not None, q_pu is not None, load_scale is not None)
         ctx.save_for_backward(fp.x, fp.converged, p_pu, q_pu, load_scale)
         ctx.mark_non_differentiable(fp.converged, fp.iterations, fp.residual)
@@ -106,15 +109,16 @@ class ZBusFixedPoint(torch.autograd.Function):
         adjoint_tol = max(options.adjoint_tol, 100 * torch.finfo(net.dtype).eps)
         adjoint = zbus.solve_adjoint(net, v, c, g_bar, tol=adjoint_tol,
                                      max_iter=options.adjoint_max_iter, memory=options.anderson_m,
-                                     start=options.anderson_start, chunk_rows=options.chunk_rows)
+                                     start=options.anderson_start, chunk_rows=options.chunk_rows,
+                                     k_conj=ctx.k_conj)
         _check_adjoint(adjoint, ctx.report, converged)
-        mu = adjoint.x @ net.z_ii_conj  # cotangent of the injected currents
+        mu = zbus.adjoint_currents(net, adjoint.x, ctx.k_conj)  # cotangent of the injected currents
 
         inputs = [t.detach().requires_grad_() if t is not None and need else None
                   for t, need in zip((p_pu, q_pu, load_scale), ctx.needs_input_grad[:3])]
         wanted = [t for t in inputs if t is not None]
         if not wanted:
-            return (None,) * 8
+            return (None,) * 9
         with torch.enable_grad():
             p_in = inputs[0] if inputs[0] is not None else p_pu
             q_in = inputs[1] if inputs[1] is not None else q_pu
@@ -123,7 +127,7 @@ class ZBusFixedPoint(torch.autograd.Function):
             i = zbus.injection_currents(net, v, c)
             grads = iter(torch.autograd.grad(i, wanted, grad_outputs=mu, allow_unused=True))
         out = [next(grads) if t is not None else None for t in inputs]
-        return (*out, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None)
 
 
 def _check_adjoint(adjoint: zbus.FixedPointResult, report: AdjointReport | None, rows: torch.Tensor) -> None:

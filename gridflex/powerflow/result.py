@@ -42,6 +42,9 @@ class PowerFlowResult:
     node_names: list[str]
     v_base_v: torch.Tensor  # [n]
     network: zbus.ZBusNetwork = field(repr=False)
+    #: regulator tap positions [..., n_reg] each sample was solved at (per-sample taps through
+    #: ``network.tap_bank``); None: the network's own taps
+    taps: torch.Tensor | None = None
     _branch_currents: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     @property
@@ -53,7 +56,8 @@ class PowerFlowResult:
         """
         if self._branch_currents is None:
             shape = self.v_pu.shape[:-1]
-            flat = zbus.terminal_currents_a(self.network, self.v_pu.reshape(-1, self.v_pu.shape[-1]))
+            taps = None if self.taps is None else self.taps.reshape(-1, self.taps.shape[-1])
+            flat = zbus.terminal_currents_a(self.network, self.v_pu.reshape(-1, self.v_pu.shape[-1]), taps)
             self._branch_currents = flat.reshape(tuple(shape) + (flat.shape[-1],))
         return self._branch_currents
 
@@ -100,6 +104,7 @@ def solve_power_flow(
     *,
     options: SolveOptions | None = None,
     adjoint_report: AdjointReport | None = None,
+    taps: torch.Tensor | None = None,
 ) -> PowerFlowResult:
     """Batched, differentiable AC power flow on a precomputed network.
 
@@ -107,11 +112,17 @@ def solve_power_flow(
         load_scale: [..., n_loads] multiplier of each load element's nominal kW and kvar (None = 1).
         p_kw, q_kvar: [..., n_inj] extra constant-power wye consumption at the device nodes.
         warm_start: complex node voltages [..., n] in pu (or a previous result).
+        taps: [..., n_reg] regulator tap positions per sample (ordered like
+            ``net.tap_bank.names``; needs a tap bank, :func:`~gridflex.powerflow.zbus.build_tap_bank`):
+            every sample at its own taps in one batched solve. None: the network's own taps.
     """
     options = options or SolveOptions()
     if isinstance(warm_start, PowerFlowResult):
         warm_start = warm_start.v_pu.detach()
-    shape = _batch_shape(load_scale, p_kw, q_kvar, warm_start)
+    if taps is not None and net.tap_bank is None:
+        raise ValueError("per-sample taps need a network with a tap bank (zbus.build_tap_bank)")
+    taps = None if taps is None else torch.as_tensor(taps, device=net.device)
+    shape = _batch_shape(load_scale, p_kw, q_kvar, warm_start, taps)
     batch = int(torch.Size(shape).numel())
     real = net.dtype
     s_base_kva = net.s_base_va / 1e3
@@ -121,15 +132,22 @@ def solve_power_flow(
     v0 = None
     if warm_start is not None:
         v0 = _rows(warm_start.to(net.w_i.dtype), shape, net.w_i.dtype)[:, net.iter_nodes]
+    tap_rows = None
+    if taps is not None:
+        taps = _rows(taps, shape, torch.long)
+        tap_rows = net.tap_bank.rows(taps)
 
     x, converged, iterations, residual = ZBusFixedPoint.apply(
-        p_pu, q_pu, scale, net, options, v0, batch, adjoint_report)
+        p_pu, q_pu, scale, net, options, v0, batch, adjoint_report, tap_rows)
     v_iter = complex_unstack(x)
     # non-converged samples pass no gradient at all (the adjoint already zeroes their own path)
     scale, p_pu, q_pu = (_detach_rows(t, converged) for t in (scale, p_pu, q_pu))
     c = zbus.injection_coefficients(net, batch, scale, _device(p_pu, q_pu))
     i_iter = zbus.injection_currents(net, v_iter, c)
-    v_all = torch.addmm(net.w_all.expand(batch, -1), i_iter, net.z_ni_t)
+    if tap_rows is None:
+        v_all = torch.addmm(net.w_all.expand(batch, -1), i_iter, net.z_ni_t)
+    else:
+        v_all = zbus.node_voltages_taps(net, i_iter, tap_rows)
 
     drawn = -(v_iter * i_iter.conj()).sum(-1) * s_base_kva  # loads + devices, kVA
     device = _device(p_pu, q_pu)
@@ -149,6 +167,7 @@ def solve_power_flow(
         losses_kw=out(losses.real), losses_kvar=out(losses.imag),
         converged=out(converged), iterations=out(iterations), residual_pu=out(residual),
         node_names=net.node_names, v_base_v=net.v_base_v, network=net,
+        taps=None if taps is None else out(taps),
     )
 
 
@@ -183,7 +202,7 @@ def map_batch(flow: PowerFlowResult, fn) -> PowerFlowResult:
         if name == "_branch_currents":
             continue
         value = getattr(flow, name)
-        kwargs[name] = value if name in _SHARED_FIELDS else fn(value)
+        kwargs[name] = value if name in _SHARED_FIELDS or value is None else fn(value)
     out = PowerFlowResult(**kwargs)
     if flow._branch_currents is not None:
         out._branch_currents = fn(flow._branch_currents)
@@ -193,9 +212,12 @@ def map_batch(flow: PowerFlowResult, fn) -> PowerFlowResult:
 def combine_results(flows: list[PowerFlowResult], how: str,
                     index: torch.Tensor | None = None) -> PowerFlowResult:
     """Join results: ``how="stack"`` along a new dim 1 (steps), or ``"cat"`` along dim 0, then
-    reorder rows by ``index``. Branch currents are evaluated per part first, since the parts may
-    come from networks at different regulator taps (the joined result keeps the first part's
-    network only for its shared node data)."""
+    reorder rows by ``index``. Parts from one network, none with evaluated branch currents and
+    with taps all known alike (all None, or all per-sample ``taps``), stay lazy in their branch
+    currents; otherwise those are evaluated per part first, since the parts may come from
+    networks at different regulator taps (the joined result keeps the first part's network only
+    for its shared node data). Invariant: a result whose branch currents are not evaluated gets
+    them right from its ``network`` and ``taps``."""
     if len(flows) == 1 and how == "cat" and index is None:
         return flows[0]
 
@@ -203,12 +225,44 @@ def combine_results(flows: list[PowerFlowResult], how: str,
         out = torch.stack(tensors, 1) if how == "stack" else torch.cat(tensors, 0)
         return out if index is None else out[index]
 
+    with_taps = [f.taps is not None for f in flows]
+    one_network = all(f.network is flows[0].network for f in flows) and len(set(with_taps)) == 1
     kwargs = {}
     for name in PowerFlowResult.__dataclass_fields__:
         if name == "_branch_currents":
             continue
         value = getattr(flows[0], name)
-        kwargs[name] = value if name in _SHARED_FIELDS else join([getattr(f, name) for f in flows])
+        if name in _SHARED_FIELDS:
+            kwargs[name] = value
+        elif name == "taps":
+            kwargs[name] = join([f.taps for f in flows]) if one_network and all(with_taps) else None
+        else:
+            kwargs[name] = join([getattr(f, name) for f in flows])
     combined = PowerFlowResult(**kwargs)
-    combined._branch_currents = join([f.branch_currents_a for f in flows])
+    if not one_network or any(f._branch_currents is not None for f in flows):
+        combined._branch_currents = join([f.branch_currents_a for f in flows])
     return combined
+
+
+def replace_rows(flow: PowerFlowResult, rows: torch.Tensor, part: PowerFlowResult) -> PowerFlowResult:
+    """``flow`` with its rows ``rows`` (dim 0) replaced by ``part``'s rows (a re-solve of some
+    samples). Branch currents stay lazy under :func:`combine_results`' rule, else are evaluated."""
+    kwargs = {}
+    for name in PowerFlowResult.__dataclass_fields__:
+        if name == "_branch_currents":
+            continue
+        value, new = getattr(flow, name), getattr(part, name)
+        if name in _SHARED_FIELDS or value is None or new is None:  # taps: known only if both are
+            kwargs[name] = value if name in _SHARED_FIELDS else None
+            continue
+        value = value.clone()
+        value[rows] = new
+        kwargs[name] = value
+    out = PowerFlowResult(**kwargs)
+    lazy = (part.network is flow.network and (flow.taps is None) == (part.taps is None)
+            and flow._branch_currents is None and part._branch_currents is None)
+    if not lazy:
+        currents = flow.branch_currents_a.clone()
+        currents[rows] = part.branch_currents_a
+        out._branch_currents = currents
+    return out

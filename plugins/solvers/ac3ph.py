@@ -16,6 +16,7 @@ from gridflex.components import NetworkSolver, StrictConfig
 from gridflex.grid import Grid
 from gridflex.hookspecs import hookimpl
 from gridflex.powerflow import AdjointReport, PowerFlowResult, SolveOptions, build_network, solve_power_flow
+from gridflex.powerflow.zbus import RegulatorTable, build_tap_bank
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -87,6 +88,7 @@ class AC3PhSolver(NetworkSolver):
         p_kw: torch.Tensor | np.ndarray | None = None,
         q_kvar: torch.Tensor | np.ndarray | None = None,
         warm_start: torch.Tensor | PowerFlowResult | None = None,
+        taps: torch.Tensor | np.ndarray | None = None,
     ) -> PowerFlowResult:
         """Batched power flow; differentiable w.r.t. ``load_scale``, ``p_kw`` and ``q_kvar``.
 
@@ -95,11 +97,27 @@ class AC3PhSolver(NetworkSolver):
             p_kw, q_kvar: [..., n_inj] device consumption at :attr:`injection_node_names`
                 (positive = drawn), constant power, wye.
             warm_start: complex node voltages [..., n] in pu, or a previous result.
+            taps: [..., n_reg] regulator tap positions per sample (order of
+                :attr:`tap_regulators`), after :meth:`enable_taps`; None = the grid's own taps.
         """
         return solve_power_flow(
             self.network, self._tensor(load_scale), self._tensor(p_kw), self._tensor(q_kvar),
             self._tensor(warm_start), options=self.options, adjoint_report=self.adjoint_report,
+            taps=None if taps is None else torch.as_tensor(taps, device=self.device),
         )
+
+    def enable_taps(self, tables: Sequence[RegulatorTable], base_taps: Sequence[int]) -> None:
+        """Let :meth:`solve` take per-sample regulator ``taps``: ``tables`` hold each regulator's
+        primitive at every position, ``base_taps`` the positions of this solver's grid. Every
+        tap state is then a rank-k update of this one network (Woodbury; see
+        :mod:`gridflex.powerflow.zbus`), so samples at different taps share one batched solve."""
+        build_tap_bank(self.network, self.grid, tables, base_taps)
+
+    @property
+    def tap_regulators(self) -> list[str]:
+        """Regulators of a per-sample ``taps`` row (empty before :meth:`enable_taps`)."""
+        bank = self.network.tap_bank
+        return [] if bank is None else list(bank.names)
 
     def solve_snapshot(self, load_mult: float = 1.0, p_kw=None, q_kvar=None) -> dict[str, Any]:
         """One snapshot (every load at ``load_mult``) as plain JSON-ready values (for ``gridflex pf``)."""
