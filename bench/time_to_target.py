@@ -1,4 +1,4 @@
-"""Time to target of gradmap vs gradmap_e1 vs ssl_penalty vs ssl_pd (DESIGN §3 protocol).
+"""Time to target of gradmap vs gradmap_e1 vs ssl_penalty vs ssl_pd (docs/design.md §3 protocol).
 
 Runs ``gridflex compare`` in-process on the small scenario (and on ``scenarios/ieee123_1000.yaml``
 when it exists and ``--large`` is given) with default hyperparameters, the same training budget
@@ -21,7 +21,7 @@ import argparse
 import time
 from pathlib import Path
 
-from gridflex.compare import compare, comparison_table, parse_seeds, rescore
+from gridflex.compare import compare, comparison_table, machine_load, parse_seeds, rescore
 from gridflex.plugins import load_registry
 from gridflex.scenario import shipped_scenarios_dir
 
@@ -64,6 +64,7 @@ def main(argv=None) -> int:
                          registry=registry, pm=pm, progress=False)
         print(f"\n{result['scenario']}: {len(learners)} learners x {args.seeds} seeds, "
               f"budget {args.budget_s:.0f} s each ({time.perf_counter() - t0:.0f} s wall)")
+        print(machine_load())  # wall-clock budgets depend on the machine's load and threads
         print(comparison_table(result))
         print(f"wrote {args.out / name / 'comparison.json'}")
     return 0

@@ -45,9 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a scenario (the main job)",
         description="Run a scenario: validate it, build the feeder, grid, solver, fleet and "
         "learner it names, solve the base-case power flow and print the resolved plan. "
-        "Training and evaluation are performed by the scenario's learner once learner plugins "
-        "are installed; with no learner configured the run stops after the plan. "
-        "With no SCENARIO the embedded default scenario is used.",
+        "Then the scenario's learner trains (a learner that trains, e.g. gradmap, within its "
+        "budget) and is evaluated on the test days, beside no_control, rule_based and droop "
+        "unless --no-references; results go to the run folder. With no learner configured the "
+        "run stops after the plan. With no SCENARIO the embedded default scenario "
+        "(scenarios/ieee13_small.yaml) is used.",
     )
     run.add_argument("scenario", nargs="?", help="scenario YAML (default: embedded default)")
     _add_overrides(run)
@@ -127,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the centralised perfect-foresight reference (C_ref, a convex OPF on the linearised "
         "network re-evaluated with the AC solver; needs the convex extra) and write them to "
         "<scenario folder>/<name>.targets.json, keyed by the scenario's sha256 without its "
-        "learner section. Training reads that file for its cost target (DESIGN §3).",
+        "learner section. Training reads that file for its cost target, or a shipped "
+        "scenario's sidecar with the same key (a copied scenario); with none the target is "
+        "violation-only and the run says so (docs/design.md §3, docs/gradmap.md).",
     )
     targets.add_argument("scenario", help="scenario YAML")
     _add_overrides(targets)

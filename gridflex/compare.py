@@ -87,6 +87,21 @@ def summarise(values: list[float | None]) -> tuple[float | None, list[float | No
     return finite(quantiles[1]), [finite(quantiles[0]), finite(quantiles[2])]
 
 
+def machine_load() -> str:
+    """The machine's load and thread count, printed beside wall-clock timings (a training clock
+    measured on a busy machine is not comparable to one measured on a quiet one)."""
+    import os
+
+    import torch
+
+    try:
+        load = "load average {:.2f} {:.2f} {:.2f} (1/5/15 min)".format(*os.getloadavg())
+    except (OSError, AttributeError):
+        load = "load average unavailable"
+    return (f"machine: {load}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+
+
 def compare(scenario: str | Path | None, learners: list[str], seeds: list[int], out_dir: Path, *,
             overrides: list[str] = (), registry=None, pm=None, progress: bool = True,
             echo=print) -> dict:
@@ -107,7 +122,7 @@ def compare(scenario: str | Path | None, learners: list[str], seeds: list[int], 
         loaded = load_scenario(scenario, learner_overrides(name, cls.trains, scenario_learner, list(overrides)), registry)
         runs, times, loose = [], [], []
         for seed in (seeds if cls.trains else seeds[:1]):
-            echo(f"[compare] {name} seed {seed}")
+            echo(f"[compare] {name} seed {seed}; {machine_load()}")
             run_dir = out_dir / name / f"seed{seed}"
             doc = execute_run(loaded, registry, pm, run_dir, learner_seed=seed, references=False,
                               progress=progress)[name]
@@ -117,6 +132,8 @@ def compare(scenario: str | Path | None, learners: list[str], seeds: list[int], 
             loose.append(_to_target(rows, _violation_only(target)) if cls.trains else None)
             _add_final_duals(doc, rows)
         result["learners"][name] = _learner_summary(runs, times, loose)
+    result["machine"] = machine_load()  # at the end of the runs; each run's start is in the output
+    echo(f"[compare] done; {result['machine']}")
     path = out_dir / "comparison.json"
     path.write_text(json.dumps(result, indent=2))
     return result

@@ -73,7 +73,7 @@ class DeviceModel(Component, abc.ABC):
     the environment. Every method is batched over ``[B, N]``, pure (no mutation of inputs) and
     differentiable in torch; no per-agent Python loops.
 
-    Sign convention (DESIGN §1): :meth:`demand` returns power drawn from the grid
+    Sign convention (docs/design.md §1): :meth:`demand` returns power drawn from the grid
     (positive = load; a generator's output is negative demand).
 
     The policy output ``u in [0, 1]^d`` maps to a physical action inside the device's feasible
@@ -153,7 +153,7 @@ class DeviceModel(Component, abc.ABC):
     ) -> torch.Tensor:
         """Policy output ``u`` ``[B, N, d]`` of a non-learning controller.
 
-        ``controller`` is ``"no_control"``, ``"rule_based"`` or ``"droop"`` (DESIGN §1).
+        ``controller`` is ``"no_control"``, ``"rule_based"`` or ``"droop"`` (docs/design.md §1).
         """
 
     def authority_demand(
@@ -209,7 +209,7 @@ class DeviceModel(Component, abc.ABC):
 
 @dataclass
 class ConvexFleet:
-    """A fleet's day in convex form (cvxpy objects), for the centralised reference (DESIGN §1).
+    """A fleet's day in convex form (cvxpy objects), for the centralised reference (docs/design.md §1).
 
     Returned by the optional :meth:`DeviceModel.convex_model`. ``N`` agents, ``T`` steps, ``d``
     the action dim. Day data enter only through cvxpy Parameters (filled by :meth:`set_day`), so

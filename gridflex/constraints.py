@@ -1,4 +1,4 @@
-"""Which quantities the network metrics watch, and their limits (DESIGN §1).
+"""Which quantities the network metrics watch, and their limits (docs/design.md §1).
 
 * **Monitored nodes** (the denominators of every voltage metric): all nodes except the source
   bus's, dummy buses (``*_open``: the "normally open" switches Sw7/Sw8 of IEEE 123 tied to

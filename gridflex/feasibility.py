@@ -1,4 +1,4 @@
-"""Differentiable projection onto the linearised network's feasible set (cvxpylayers, DESIGN §2c).
+"""Differentiable projection onto the linearised network's feasible set (cvxpylayers, docs/design.md §2c).
 
 For one operating sample (one day-step) with uncontrolled load ``load_scale [L]`` and joint nodal
 injections ``x = (p_kw, q_kvar) [n_inj]`` (device consumption, positive drawn; PV included), the

@@ -2,7 +2,7 @@
 
 A :class:`Grid` is pure numpy, SI units, complex128. It holds everything an exact or linearised
 power-flow solver needs and nothing it does not. It is derived from the engineering model and never
-written back onto it (DESIGN §5.7).
+written back onto it (docs/design.md §2).
 
 Conventions
 -----------

@@ -1,4 +1,4 @@
-"""Costs, constraint residuals and the evaluation metrics of DESIGN §1, from a :class:`Rollout`.
+"""Costs, constraint residuals and the evaluation metrics of docs/design.md §1, from a :class:`Rollout`.
 
 Definitions (all on the monitored nodes and rated conductors of :mod:`gridflex.constraints`):
 
@@ -86,7 +86,7 @@ def _vuf_pct(env: Environment, v_pu: torch.Tensor) -> torch.Tensor:
 def evaluation_metrics(
     env: Environment, rollout: Rollout, v_limits_pu: tuple[float, float], line_limits: bool = True
 ) -> dict[str, object]:
-    """The metrics of DESIGN §1 for the rolled-out days (module docstring)."""
+    """The metrics of docs/design.md §1 for the rolled-out days (module docstring)."""
     with torch.no_grad():
         terms = network_terms(env, rollout, v_limits_pu, line_limits)
         dt_h = rollout.exogenous.dt_h

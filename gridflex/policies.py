@@ -1,4 +1,4 @@
-"""Independent per-agent policies held as stacked weights (DESIGN §3).
+"""Independent per-agent policies held as stacked weights (docs/design.md §3).
 
 Agent ``i`` of a fleet of ``N`` agents has its own MLP ``pi_{theta_i}``: nothing is shared. All
 ``N`` networks are stored as stacked tensors (``W1 [N, in, h]``, ``b1 [N, h]``, ...) and applied

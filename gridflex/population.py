@@ -1,6 +1,6 @@
 """Households behind the spot loads, rooftop PV, and which household each agent's device sits at.
 
-DESIGN §1: each spot load is *replaced* by the sum of the household profiles placed at its node.
+docs/design.md §1: each spot load is *replaced* by the sum of the household profiles placed at its node.
 Spot load ``l`` with nominal ``P_l`` kW gets ``n_l = max(1, round(households_per_kw * P_l))``
 households, spread evenly over its single-phase branches (phases). The households' profiles are
 scaled by one factor per spot load so that the highest daily peak of their sum over the

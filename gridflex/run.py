@@ -249,10 +249,13 @@ def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, d
     learner = learner_cls(loaded.component_config("learner"), world.env, seed=seed)
     train_seconds, result, target = 0.0, None, None
     if learner_cls.trains:
-        from gridflex.targets import read_target
+        from gridflex.targets import read_target, violation_only_line
         from gridflex.training import RunInfo, Trainer
 
         target = read_target(loaded)
+        line = violation_only_line(target, loaded)
+        if line:
+            print(line, file=sys.stderr, flush=True)
         trainer = Trainer(world, out_dir=out_dir, pm=pm, target=target, seed=seed, progress=progress,
                           resume=resume, run_info=RunInfo(cfg.name, cfg.learner.type, seed, out_dir))
         result = learner.train(trainer)

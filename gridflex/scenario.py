@@ -110,7 +110,7 @@ class DataSpec(StrictConfig):
 
 
 class TargetSpec(StrictConfig):
-    """Absolute training target, fixed before any training (DESIGN §3)."""
+    """Absolute training target, fixed before any training (docs/design.md §3)."""
 
     max_violation_rate: float = Field(
         0.005, ge=0, le=1, description="v*: validation voltage_violation_rate (under the scenario's tap treatment)"
@@ -144,7 +144,7 @@ class DeviceGroupSpec(ComponentSpec):
 
 
 class PopulationSpec(StrictConfig):
-    """Households replacing the spot loads, and their rooftop PV (DESIGN §1)."""
+    """Households replacing the spot loads, and their rooftop PV (docs/design.md §1)."""
 
     households_per_kw: float = Field(
         0.6, gt=0, le=10, description="households behind a spot load per kW of its rating"
@@ -201,14 +201,35 @@ class Scenario(StrictConfig):
 
     @model_validator(mode="after")
     def _train_margin_inside(self) -> Scenario:
-        lo, hi = self.limits.v_limits_pu
-        tlo, thi = self.limits.v_limits_train_pu
-        if tlo < lo or thi > hi:
-            raise ValueError(
-                "limits.v_limits_train_pu must lie inside limits.v_limits_pu "
-                f"(got [{tlo}, {thi}] outside [{lo}, {hi}])"
-            )
+        message = _train_margin_problem(self.limits)
+        if message:
+            raise ValueError(message)
         return self
+
+
+def _train_margin_problem(limits: LimitsSpec) -> str | None:
+    """The cross-field check of ``limits`` (also run on its own when other fields are invalid)."""
+    lo, hi = limits.v_limits_pu
+    tlo, thi = limits.v_limits_train_pu
+    if tlo < lo or thi > hi:
+        return ("limits.v_limits_train_pu must lie inside limits.v_limits_pu "
+                f"(got [{tlo}, {thi}] outside [{lo}, {hi}])")
+    return None
+
+
+def _cross_field_problems(data: dict[str, Any]) -> list[Problem]:
+    """Cross-field checks of sections that are valid on their own, so they are reported together
+    with the field errors elsewhere (pydantic runs a model's "after" validators only when every
+    field validated)."""
+    limits = data.get("limits", {})
+    if not isinstance(limits, dict):
+        return []
+    try:
+        spec = LimitsSpec.model_validate(limits)
+    except ValidationError:
+        return []  # its field errors are reported by the structural stage
+    message = _train_margin_problem(spec)
+    return [Problem("", message)] if message else []
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,6 +320,11 @@ def problems_from_validation_error(
             msg = "required key is missing"
         elif kind == "value_error":
             msg = err["msg"].removeprefix("Value error, ")
+        elif kind in ("tuple_type", "too_short", "too_long") and len(loc) and not isinstance(loc[-1], int):
+            # every tuple field of a scenario or component is a pair: a range [lo, hi] / [min, max]
+            value = err.get("input")
+            got = _short(value) if isinstance(value, (list, tuple)) else f"{_a(type(value).__name__)}, {_short(value)}"
+            msg = f"expected a [lo, hi] range (a list of two numbers, e.g. [5.0, 13.5]), got {got}"
         else:
             msg = f"{err['msg']} (got {_short(err.get('input'))})"
         problems.append(Problem(path, msg))
@@ -362,6 +388,44 @@ def resolve_feeder_file(file: str, base_dir: Path) -> Path:
     return resolve_relative(file, base_dir)
 
 
+class _DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping that names the same key twice (``yaml.safe_load`` silently keeps the last)."""
+
+
+class _StrictSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects duplicate keys in a mapping, naming the key and line."""
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # unhashable key: SafeLoader reports it
+                    continue
+                if first is not None:
+                    raise _DuplicateKeyError(
+                        problem=f"duplicate key {key!r} (first at line {first.line + 1}); "
+                        "YAML would silently keep only the last one",
+                        problem_mark=key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def strict_safe_load(text: str) -> Any:
+    """``yaml.safe_load`` that rejects duplicate mapping keys (a :class:`yaml.YAMLError`)."""
+    return yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _a(kind: str) -> str:
+    """``kind`` with its indefinite article: "an int", "a list"."""
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; a :class:`ScenarioError` otherwise."""
     source = str(path)
@@ -374,14 +438,14 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"scenario file {source} cannot be read: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = strict_safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ScenarioError(source, [Problem("", f"not valid YAML{where}: {problem}")]) from None
     if not isinstance(data, dict):
-        kind = "empty" if data is None else f"a {type(data).__name__}"
+        kind = "empty" if data is None else _a(type(data).__name__)
         raise ScenarioError(source, [Problem("", f"must be a mapping of keys to values, got {kind}")])
     bad_keys = [k for k in data if not isinstance(k, str)]
     if bad_keys:
@@ -404,7 +468,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
             problems.append(Problem(override, "override must look like key.path=value"))
             continue
         try:
-            value = yaml.safe_load(raw_value)
+            value = strict_safe_load(raw_value)
         except yaml.YAMLError:
             value = raw_value
         parts = _split_dotted(key.strip())
@@ -457,6 +521,7 @@ def validate_mapping(data: dict[str, Any], source: Path, registry: Any | None) -
     except ValidationError as exc:
         structural = problems_from_validation_error(exc, Scenario)
         problems += [p for p in structural if p.path not in non_finite_paths]
+        problems += _cross_field_problems(data)
         raise ScenarioError(str(source), _sorted(problems)) from None
     loaded = LoadedScenario(config, source, data, component_configs)
     if problems:

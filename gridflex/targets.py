@@ -1,4 +1,4 @@
-"""The absolute training target of a scenario and its sidecar file (DESIGN §3, protocol).
+"""The absolute training target of a scenario and its sidecar file (docs/design.md §3, protocol).
 
 Target: validation ``voltage_violation_rate`` (the scenario's tap treatment, evaluation limits ``v_limits_pu``)
 ``<= v*`` **and** validation ``cost_per_day <= C_ref + x (C_no_control - C_ref)``, with
@@ -20,8 +20,15 @@ sidecar JSON next to the scenario file, ``<scenario folder>/<scenario name>.targ
 learner a run trains, and ``gridflex compare`` swaps the learner while keeping the world. A sidecar
 whose key does not match is ignored (stale), and the run says so.
 
-When ``c_ref`` is missing (null, no sidecar, or a stale one) the target is **violation-only**
-(``max_cost_per_day`` is ``None``), and :attr:`Target.note` says why.
+**Lookup** (:func:`read_target`; the rule is in docs/gradmap.md, "Target sidecar"): first the
+sidecar beside the scenario; when it is missing or its key does not match, every shipped
+scenario's sidecar (``gridflex.scenario.shipped_scenarios_dir()``) whose key matches, so a copy of
+a shipped scenario in another folder (or under another file name) finds its target. The key, not
+the file name, decides.
+
+When ``c_ref`` is missing (null, no sidecar, or only stale ones) the target is **violation-only**
+(``max_cost_per_day`` is ``None``), :attr:`Target.note` says why, and :func:`violation_only_line`
+is the one line a run prints about it (with the command that computes the cost target).
 """
 
 from __future__ import annotations
@@ -81,26 +88,80 @@ def sidecar_path(loaded: LoadedScenario) -> Path:
     return loaded.source.parent / f"{loaded.config.name}{SIDECAR_SUFFIX}"
 
 
-def read_target(loaded: LoadedScenario, path: Path | None = None) -> Target:
-    """The scenario's :class:`Target`, its cost bound from the sidecar when valid."""
-    spec = loaded.config.target
-    path = sidecar_path(loaded) if path is None else Path(path)
-    c_ref = c_nc = None
-    if not path.exists():
-        note = f"no sidecar {path.name}: violation-only target"
-    else:
+def _read_sidecar(path: Path) -> dict | None:
+    try:
         data = json.loads(path.read_text())
-        if data.get("scenario_sha256") != targets_key(loaded):
-            note = f"sidecar {path.name} is for another scenario version (sha256 mismatch): violation-only target"
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def find_sidecar(loaded: LoadedScenario) -> tuple[Path | None, dict | None, str]:
+    """``(path, document, why)``: the sidecar whose key is :func:`targets_key` of ``loaded``,
+    beside the scenario first, then among the shipped scenarios' sidecars; ``(None, None, why)``
+    when none matches, ``why`` saying what was looked at."""
+    from gridflex.scenario import shipped_scenarios_dir
+
+    key = targets_key(loaded)
+    own = sidecar_path(loaded)
+    data = _read_sidecar(own) if own.exists() else None
+    if data is not None and data.get("scenario_sha256") == key:
+        return own, data, ""
+    try:
+        shipped = sorted(shipped_scenarios_dir().glob(f"*{SIDECAR_SUFFIX}"))
+    except OSError:
+        shipped = []
+    for path in shipped:
+        if path.resolve() == own.resolve():
+            continue
+        other = _read_sidecar(path)
+        if other is not None and other.get("scenario_sha256") == key:
+            return path, other, ""
+    if own.exists():
+        why = (f"sidecar {own.name} is for another version of the scenario (key mismatch: the scenario "
+               "outside `learner`, overrides included, changed since it was computed)")
+    else:
+        why = f"no sidecar {own.name} beside the scenario"
+    return None, None, why + " and no shipped scenario's sidecar has this scenario's key"
+
+
+def read_target(loaded: LoadedScenario, path: Path | None = None) -> Target:
+    """The scenario's :class:`Target`, its cost bound from the matching sidecar (see
+    :func:`find_sidecar`; ``path`` reads that file only)."""
+    spec = loaded.config.target
+    c_ref = c_nc = None
+    if path is not None:
+        path = Path(path)
+        data = _read_sidecar(path) if path.exists() else None
+        if data is None:
+            data, note = None, f"no sidecar {path.name}"
+        elif data.get("scenario_sha256") != targets_key(loaded):
+            data, note = None, f"sidecar {path.name} is for another scenario version (sha256 mismatch)"
         else:
-            c_ref, c_nc = data.get("c_ref"), data.get("c_no_control")
-            note = "" if c_ref is not None and c_nc is not None else \
-                f"sidecar {path.name} has no c_ref yet: violation-only target"
+            note = ""
+    else:
+        path, data, note = find_sidecar(loaded)
+    if data is not None:
+        c_ref, c_nc = data.get("c_ref"), data.get("c_no_control")
+        if c_ref is None or c_nc is None:
+            note = f"sidecar {path.name} has no c_ref yet"
     bound = None
     if c_ref is not None and c_nc is not None:
         bound = float(c_ref) + spec.cost_share_x * (float(c_nc) - float(c_ref))
+    if bound is None:
+        note = f"{note}: violation-only target"
     return Target(spec.max_violation_rate, bound, spec.cost_share_x,
                   None if c_ref is None else float(c_ref), None if c_nc is None else float(c_nc), note)
+
+
+def violation_only_line(target: Target, loaded: LoadedScenario) -> str | None:
+    """The one line a run prints when its target has no cost bound (else ``None``)."""
+    if target.max_cost_per_day is not None:
+        return None
+    return (f"gridflex: this run's target is violation-only (validation violation rate <= "
+            f"{target.max_violation_rate:.2%}, no cost bound): {target.note.removesuffix(': violation-only target')}; "
+            f"compute the cost target with `gridflex targets {loaded.source}` (overrides outside "
+            "`learner`: write them into a copy of the scenario and run it on the copy)")
 
 
 def write_target_sidecar(loaded: LoadedScenario, c_no_control: float, c_ref: float | None,
@@ -119,7 +180,7 @@ def write_target_sidecar(loaded: LoadedScenario, c_no_control: float, c_ref: flo
 def time_to_target(rows: list[dict], target: Target, column: str = "wall_s") -> float | None:
     """Training-clock seconds (``wall_s``) of the first history row meeting ``target``; with
     ``column="env_gradient_evaluations"``, the environment gradients spent by then (the
-    hardware-free measure of DESIGN §3)."""
+    hardware-free measure of docs/design.md §3)."""
     for row in rows:
         if target.met(row.get("val_violation_rate"), row.get("val_cost_per_day")):
             return None if row.get(column) is None else float(row[column])

@@ -1,5 +1,5 @@
 """Device fleets ``battery``, ``heat_pump``, ``generator``: dynamics, limits, signs, gradients,
-reference controllers and config validation (DESIGN §1, docs/devices.md)."""
+reference controllers and config validation (docs/design.md §1, docs/devices.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The dual update that can fall (DESIGN §3 step 4): :func:`dual_step`, ``Duals.ascend`` with both
+"""The dual update that can fall (docs/design.md §3 step 4): :func:`dual_step`, ``Duals.ascend`` with both
 measures, the per-family report, a primal-dual loop that reaches known KKT points, and the
 per-family columns of ``history.csv``.
 

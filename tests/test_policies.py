@@ -1,4 +1,4 @@
-"""Decentralisation of the stacked per-agent policies (DESIGN §3): no coupling in outputs,
+"""Decentralisation of the stacked per-agent policies (docs/design.md §3): no coupling in outputs,
 parameters, normalisation statistics or the optimiser update."""
 
 from __future__ import annotations

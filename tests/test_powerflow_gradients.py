@@ -1,4 +1,4 @@
-"""Gradients of the ``ac3ph`` solver: the implicit adjoint checked three ways (DESIGN §2).
+"""Gradients of the ``ac3ph`` solver: the implicit adjoint checked three ways (docs/design.md §2).
 
 1. ``torch.autograd.gradcheck`` (finite differences of the converged solution) on IEEE 13 with
    voltage-dependent (models 2, 5) and delta loads;

@@ -162,3 +162,67 @@ def test_cli_validate_misspelled_key_exit_2_no_traceback(tmp_path, cli):
     assert str(path) in err
     assert "limts: unknown key 'limts' (did you mean 'limits'?)" in err
     assert "Traceback" not in err + out
+
+
+# ------------------------------------------------------------------ validation rough edges (#18)
+
+
+def test_duplicate_key_is_rejected_naming_key_and_line(tmp_path, cli):
+    path = write(tmp_path, "name: x\nfeeder: {file: ieee13}\nseed: 1\nseed: 2\n")
+    with pytest.raises(ScenarioError, match=r"line 4.*duplicate key 'seed' \(first at line 3\)"):
+        load_scenario(path)
+    code, out, err = cli("validate", str(path))
+    assert code == 2 and "duplicate key 'seed'" in err and "line 4" in err
+    assert "Traceback" not in err + out
+
+
+def test_duplicate_key_in_a_nested_mapping_is_rejected(tmp_path):
+    path = write(tmp_path, "name: x\nfeeder: {file: ieee13}\nlimits:\n  line_limits: true\n  line_limits: false\n")
+    with pytest.raises(ScenarioError, match=r"line 5.*duplicate key 'line_limits'"):
+        load_scenario(path)
+
+
+def test_yaml_anchors_still_load(tmp_path):
+    text = "name: x\nfeeder: {file: ieee13}\nlimits: &l {line_limits: false}\ntarget: {max_violation_rate: 0.02}\n"
+    assert load_scenario(write(tmp_path, text)).config.limits.line_limits is False
+
+
+def test_messages_use_an_before_vowels(tmp_path):
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(write(tmp_path, "42\n"))
+    assert "got an int" in str(info.value) and "got a int" not in str(info.value)
+
+
+def test_range_field_given_a_scalar_says_a_range_is_expected(tmp_path):
+    from gridflex.plugins import load_registry
+
+    data = {"name": "b", "feeder": {"file": "ieee13"},
+            "devices": [{"type": "battery", "count": 2, "params": {"capacity_kwh": 10}}]}
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(write(tmp_path, data), [], load_registry()[1])
+    text = str(info.value)
+    assert "devices[0].params.capacity_kwh: expected a [lo, hi] range" in text and "got an int, 10" in text
+    with pytest.raises(ScenarioError, match=r"pv_kwp: expected a \[lo, hi\] range .*got \[1, 2, 3\]"):
+        load_scenario(write(tmp_path, {"name": "b", "feeder": {"file": "ieee13"},
+                                       "population": {"pv_kwp": [1, 2, 3]}}))
+
+
+def test_cross_field_check_reported_with_field_errors(tmp_path):
+    data = {"name": "x", "feeder": {"file": "ieee13"}, "data": {"dt_h": 3},
+            "limits": {"v_limits_pu": [0.95, 1.05], "v_limits_train_pu": [0.94, 1.04]}}
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(write(tmp_path, data))
+    text = str(info.value)
+    assert "data.dt_h" in text and "v_limits_train_pu must lie inside" in text
+
+
+def test_pytest_filters_only_third_party_deprecations():
+    import tomllib
+
+    from conftest import REPO_ROOT
+
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    filters = config.get("filterwarnings", [])
+    assert filters and all(f.startswith(("ignore::DeprecationWarning:", "ignore::PendingDeprecationWarning:"))
+                           for f in filters)
+    assert not any("gridflex" in f or "plugins" in f for f in filters), "our own warnings stay visible"

@@ -3,7 +3,7 @@
 Forward runs :func:`gridflex.powerflow.zbus.solve_fixed_point` without a graph and returns the
 real-stacked voltages ``x = [Re v_I, Im v_I]`` (pu) at the iteration nodes. Backward solves the
 adjoint fixed point ``lambda = g_bar + G_x^T lambda`` at the converged solution (never unrolling;
-DESIGN §2) and maps it to the inputs by ``s_bar = G_s^T lambda``, i.e. one vector-Jacobian
+docs/design.md §2) and maps it to the inputs by ``s_bar = G_s^T lambda``, i.e. one vector-Jacobian
 product of the injection currents with cotangent ``mu = Z_II^H lambda``.
 
 Every other quantity (all node voltages, |V|, line currents, source power) is an ordinary torch

@@ -1,4 +1,4 @@
-"""Load-model currents and their Wirtinger derivatives, with OpenDSS semantics (DESIGN §2).
+"""Load-model currents and their Wirtinger derivatives, with OpenDSS semantics (docs/design.md §2).
 
 Every load branch (see :class:`gridflex.grid.Grid`) across voltage ``u`` (pu of the node base)
 with nominal consumption ``s = p + jq`` (pu) at rated voltage ``v_nom`` (pu) draws
@@ -24,7 +24,7 @@ Derivatives: with c(r) = p f_p(r) - j q f_q(r) and I = c / conj(u),
     A = dI/du       = c'(r) / (2 v_nom |u|)
     B = dI/dconj(u) = u² (c'(r) / (2 v_nom |u|³) - c / |u|⁴)
 
-so dI = A du + B dconj(u) (I depends on conj(u): not holomorphic, DESIGN §2's conj() trap).
+so dI = A du + B dconj(u) (I depends on conj(u): not holomorphic, docs/design.md §2's conj() trap).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Z-bus fixed point for the three-phase AC power flow, batched, in per unit (DESIGN §2).
+"""Z-bus fixed point for the three-phase AC power flow, batched, in per unit (docs/design.md §2).
 
 Pure numerics on torch tensors; no autograd here (the implicit-differentiation adapter lives in
 :mod:`gridflex.powerflow.implicit`).
@@ -625,7 +625,7 @@ def local_jacobian(net: ZBusNetwork, v: torch.Tensor, c: Injections) -> LocalJac
 
 def adjoint_step(net: ZBusNetwork, lam: torch.Tensor, g_bar: torch.Tensor, jac: LocalJacobian,
                  k_conj: torch.Tensor | None = None) -> torch.Tensor:
-    """lambda <- g_bar + G_x^T lambda in complex form (conj-linear; DESIGN §2).
+    """lambda <- g_bar + G_x^T lambda in complex form (conj-linear; docs/design.md §2).
 
     mu = Z_II^H lambda is the cotangent of the injected currents i = -drawn; through a term with
     d(drawn) = A dv + B dconj(v) the cotangent of v is -(conj(A) mu + B conj(mu)). ``k_conj``:

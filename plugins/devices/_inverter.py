@@ -5,7 +5,7 @@ tensors of any shape and differentiable where the physics is smooth.
 
 Reactive power here is **injected** reactive power ``q_inj`` (positive = capacitive, supports the
 voltage) unless a name says ``demand``; a fleet's :meth:`demand` converts to the grid's
-drawn-power sign convention (DESIGN §1).
+drawn-power sign convention (docs/design.md §1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``battery``: residential battery storage behind its own inverter (DESIGN §1).
+"""``battery``: residential battery storage behind its own inverter (docs/design.md §1).
 
 Energy balance per step (``dt`` in h, ``p`` in kW at the AC terminals, ``p > 0`` charges)::
 

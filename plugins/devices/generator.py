@@ -9,7 +9,7 @@ Output ``0 <= p_out <= p_max`` (kW), continuous (minimum stable load and start-u
 modelled); optional injected reactive power ``q_out`` within ``p_out^2 + q_out^2 <= s_max^2``.
 Fuel cost per step ``(c2 p_out^2 + c1 p_out) dt`` (EUR) with ``c1 = fuel price / eta_el``; the
 co-produced heat is not credited (an electricity-led unit whose heat goes to a store or is
-dumped). Demand is ``-p_out`` and ``-q_out`` (DESIGN §1 sign convention).
+dumped). Demand is ``-p_out`` and ``-q_out`` (docs/design.md §1 sign convention).
 
 Layouts (``B`` days, ``N`` agents):
 

@@ -1,4 +1,4 @@
-"""Non-learning reference controllers (DESIGN §1), registered as learners.
+"""Non-learning reference controllers (docs/design.md §1), registered as learners.
 
 * ``no_control``: batteries idle, heat pumps on a hysteresis thermostat around mid-band,
   generators off;

@@ -1,4 +1,4 @@
-"""``reference``: the centralised perfect-foresight convex OPF (DESIGN §1), registered as a learner.
+"""``reference``: the centralised perfect-foresight convex OPF (docs/design.md §1), registered as a learner.
 
 Per day, one convex program over all devices and steps with full knowledge of the day
 (:meth:`ReferenceLearner.prepare` is handed the days about to be rolled out):

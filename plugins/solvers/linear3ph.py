@@ -1,4 +1,4 @@
-"""``linear3ph``: the linearised three-phase network (DESIGN §2) behind the ``ac3ph`` interface.
+"""``linear3ph``: the linearised three-phase network (docs/design.md §2) behind the ``ac3ph`` interface.
 
 Numerics in :mod:`gridflex.linearised`. The model is linearised once, at construction, around the
 no-load or base-case AC solution (``point``), or later around any operating point

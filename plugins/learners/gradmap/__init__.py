@@ -1,4 +1,4 @@
-"""The GradMAP family of learners (DESIGN §3): ``gradmap``, ``gradmap_e1``, ``ssl_penalty``, ``ssl_pd``.
+"""The GradMAP family of learners (docs/design.md §3): ``gradmap``, ``gradmap_e1``, ``ssl_penalty``, ``ssl_pd``.
 
 One plugin package: shared code in :mod:`.lagrangian` (Lagrangian, duals, dual ascent),
 :mod:`.surrogate` (proximal targets, batched regression) and :mod:`.learners` (the four learners).

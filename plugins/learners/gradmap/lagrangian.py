@@ -1,4 +1,4 @@
-"""The Lagrangian of DESIGN §3 and its dual variables, shared by the GradMAP family.
+"""The Lagrangian of docs/design.md §3 and its dual variables, shared by the GradMAP family.
 
 Over a batch of ``B`` days with ``T`` steps (step ``t`` in hour of day ``h(t) = floor(t dt)``)::
 
@@ -15,7 +15,7 @@ are paid, plus device costs). Residuals are normalised so one step size ``rho`` 
 terminal residuals in their device units (degC, kWh) divided by ``local_scale``. Every dual is
 therefore in EUR per unit of normalised residual (per step for the per-step groups).
 
-Dual update that can fall (DESIGN §3 step 4), per family ``F`` (voltage, line, local, terminal,
+Dual update that can fall (docs/design.md §3 step 4), per family ``F`` (voltage, line, local, terminal,
 feasibility)::
 
     lam <- clip(lam + rho_F * (m - eps_F), 0, lam_max)          (:func:`dual_step`)
@@ -43,7 +43,7 @@ The relu residuals ``g`` remain what the Lagrangian penalises and what the metri
 measures only move the duals. :meth:`Duals.family_report` gives each family's dual mean and share
 of entries at ``lam_max`` (written to ``history.csv``).
 
-Network term ``feasibility_distance`` (option ``network_term``; DESIGN §2c, issue #6): the two
+Network term ``feasibility_distance`` (option ``network_term``; docs/design.md §2c, issue #6): the two
 AC groups are replaced by **one hourly dual** ``lam_F [H]`` on the squared distance of the step's
 joint nodal injections to the linearised feasible set (:mod:`gridflex.feasibility`, training
 voltage limits, line limits as configured)::

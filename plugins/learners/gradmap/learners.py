@@ -1,4 +1,4 @@
-"""GradMAP and the gradient-based self-supervised baselines (DESIGN §3), on shared code.
+"""GradMAP and the gradient-based self-supervised baselines (docs/design.md §3), on shared code.
 
 All four learners hold independent per-agent policies (:class:`gridflex.policies.PolicySet`),
 the dual variables of :mod:`.lagrangian`, one Adam optimiser (per-parameter-element, so it does
@@ -245,7 +245,7 @@ class GradMAP(_PolicyLearner):
         return self.outer_iteration(trainer, trainer.sample_days(self.config.days_per_batch))
 
     def outer_iteration(self, trainer: Trainer, exo, ascend: bool = True) -> dict[str, float]:
-        """DESIGN §3 steps 1-4 on the days ``exo`` (``ascend=False`` keeps the duals fixed)."""
+        """docs/design.md §3 steps 1-4 on the days ``exo`` (``ascend=False`` keeps the duals fixed)."""
         cfg = self.config
         t0 = time.perf_counter()
         rollout, lag, g = self.environment_gradient(trainer, exo)

@@ -1,7 +1,7 @@
 """GradMAP's proximal surrogate in action space and the batched regression that minimises it.
 
 With the environment gradient ``G = dL/du`` frozen at the rolled-out outputs ``u`` and the
-observations ``o`` frozen, the surrogate (DESIGN §3, step 3)::
+observations ``o`` frozen, the surrogate (docs/design.md §3, step 3)::
 
     S(theta) = sum [ G^T (pi_theta(o) - u) + ||pi_theta(o) - u||^2 / (2 eta) ],
                subject to ||pi_theta(o) - u||_inf <= delta

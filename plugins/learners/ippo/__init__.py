@@ -1,4 +1,4 @@
-"""``ippo``: independent PPO actors and critics for every agent (DESIGN §3 baselines).
+"""``ippo``: independent PPO actors and critics for every agent (docs/design.md §3 baselines).
 
 Modules, one job each: :mod:`.agents` (stacked per-agent Gaussian actors and critics, the
 squashing and its log-probability), :mod:`.ppo` (GAE and the clipped update, vectorised over

@@ -1,4 +1,4 @@
-"""``ippo``: independent PPO for every agent, on a gradient-free environment (DESIGN §3).
+"""``ippo``: independent PPO for every agent, on a gradient-free environment (docs/design.md §3).
 
 One outer iteration (:meth:`IPPO.train_iteration`), every step vectorised over agents and days:
 

@@ -1,4 +1,4 @@
-"""IPPO's shaped per-agent reward, from a gradient-free rollout (DESIGN §3, ``ippo``).
+"""IPPO's shaped per-agent reward, from a gradient-free rollout (docs/design.md §3, ``ippo``).
 
 For agent ``i`` of fleet ``f`` at step ``t`` of day ``b`` (``dt`` in h, EUR throughout), the reward
 is minus the cost ``c[b, t, i]``::
