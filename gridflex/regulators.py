@@ -144,7 +144,7 @@ class TapSolvers:
         if self.batched is not None and not self.grouped:
             if hasattr(warm, "v_pu"):
                 warm = warm.v_pu.detach()
-            taps = torch.as_tensor(np.asarray(taps, dtype=np.int64), device=p_kw.device)
+            taps = torch.as_tensor(np.array(taps, dtype=np.int64), device=p_kw.device)  # a copy: views may be read-only
             return self.batched.solve(load_scale, p_kw, q_kvar, warm_start=warm, taps=taps)
         groups: dict[tuple[int, ...], list[int]] = {}
         for row, state in enumerate(map(tuple, np.asarray(taps).tolist())):
