@@ -31,3 +31,16 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+def world_from_text(directory: Path, text: str, name: str = "tiny", overrides=()):
+    """Write scenario ``text`` to ``directory/<name>.yaml`` and build it: ``(path, pm, registry,
+    world)`` (the tiny IEEE 13 worlds several modules share)."""
+    from gridflex.plugins import load_registry
+    from gridflex.scenario import load_scenario
+    from gridflex.world import build_world
+
+    path = Path(directory) / f"{name}.yaml"
+    path.write_text(text)
+    pm, registry = load_registry()
+    return path, pm, registry, build_world(load_scenario(path, list(overrides), registry), registry, pm)

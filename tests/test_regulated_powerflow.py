@@ -252,29 +252,12 @@ def test_frozen_solves_untouched_by_a_tap_bank():
 # ------------------------------------------------------------------------------------------------
 # The environment: regulated rollouts on the batched path against the grouped one
 # ------------------------------------------------------------------------------------------------
-SMALL = """
-name: tiny
-feeder: {file: ieee13, taps: file}
-population: {households_per_kw: 0.05, peak_scale: 1.7, pv_share: 0.7}
-devices:
-  - {type: battery, count: 6, params: {reactive_power: true}}
-  - {type: heat_pump, count: 6}
-  - {type: generator, count: 4}
-learner: {type: no_control}
-data: {n_test_days: 2, n_validation_days: 2}
-"""
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from gridflex.plugins import load_registry
-    from gridflex.scenario import load_scenario
-    from gridflex.world import build_world
+    from conftest import world_from_text
+    from test_env import SMALL
 
-    path = tmp_path_factory.mktemp("regulated") / "tiny.yaml"
-    path.write_text(SMALL)
-    pm, reg = load_registry()
-    world = build_world(load_scenario(path, [], reg), reg, pm)
+    _, _, reg, world = world_from_text(tmp_path_factory.mktemp("regulated"), SMALL)
     cls = reg.get("learner", "no_control")
     return world, cls(cls.Config(), world.env)
 

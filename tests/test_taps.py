@@ -44,11 +44,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    path = tmp_path_factory.mktemp("taps") / "taps13.yaml"
-    path.write_text(TINY)
-    pm, registry = load_registry()
-    frozen = build_world(load_scenario(path, [], registry), registry, pm)
-    return path, pm, registry, frozen
+    from conftest import world_from_text
+
+    return world_from_text(tmp_path_factory.mktemp("taps"), TINY, "taps13")
 
 
 def no_control(env):
