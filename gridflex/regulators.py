@@ -53,7 +53,7 @@ from gridflex import admittance
 from gridflex.feeder import Feeder
 from gridflex.powerflow import combine_results
 from gridflex.powerflow.result import replace_rows
-from gridflex.powerflow.zbus import RegulatorTable
+from gridflex.powerflow.taps import RegulatorTable
 
 TAP_TREATMENTS = ("frozen", "settled", "regulated")
 

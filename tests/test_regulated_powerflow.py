@@ -1,4 +1,4 @@
-"""Per-sample regulator taps in one batched solve (``zbus.TapBank``, Woodbury on the regulators'
+"""Per-sample regulator taps in one batched solve (``gridflex.powerflow.taps.TapBank``, Woodbury on the regulators'
 terminals) against the reference path: one network per tap state (``TapSolvers.grouped``).
 
 The reference here is built with ``build_network(..., precise=True)``: the same refined Z and
@@ -19,7 +19,8 @@ import torch
 from gridflex.feeder_cache import load_feeder
 from gridflex.grid_build import GridAssembler
 from gridflex.powerflow import SolveOptions, build_network, solve_power_flow
-from gridflex.powerflow import zbus
+from gridflex.powerflow import precision, zbus
+from gridflex.powerflow import taps as taps_mod
 from gridflex.regulators import TapSolvers, position_limits, regulator_tables
 from opendss_oracle import feeder_path
 
@@ -37,7 +38,7 @@ class Case:
         self.grid = self.assembler.grid()
         self.injection_nodes = injection_nodes
         self.net = build_network(self.grid, injection_nodes)
-        zbus.build_tap_bank(self.net, self.grid, regulator_tables(self.feeder, self.names),
+        taps_mod.build_tap_bank(self.net, self.grid, regulator_tables(self.feeder, self.names),
                             [self.base[n] for n in self.names])
         rng = np.random.default_rng(seed)
         limits = np.array([position_limits(self.feeder, rc) for rc in self.feeder.regcontrols])
@@ -122,7 +123,7 @@ def test_batched_taps_against_plain_networks_and_long_double(case):
     grid = case.assembler.grid(dict(zip(case.names, map(int, case.taps[row]))))
     v_base = np.asarray(grid.v_base_ln_v)
     y = (grid.y_si * np.outer(v_base, v_base) / (grid.s_base_kva * 1e3)).astype(np.clongdouble)
-    source = zbus.SourceSplit(grid, y.astype(complex))
+    source = precision.SourceSplit(grid, y.astype(complex))
 
     def error(flow):
         """|v - Y^-1 (i_source + i(v_I))| with the solve in long double: zero at an exact solution."""
@@ -171,7 +172,7 @@ def test_no_load_voltage_of_every_state_is_exact():
         grid = case.assembler.grid(dict(zip(case.names, map(int, state))))
         v_base = np.asarray(grid.v_base_ln_v)
         y = (grid.y_si * np.outer(v_base, v_base) / (grid.s_base_kva * 1e3)).astype(np.clongdouble)
-        source = zbus.SourceSplit(grid, y.astype(complex))
+        source = precision.SourceSplit(grid, y.astype(complex))
         i = np.zeros(grid.n_nodes, dtype=np.clongdouble)
         i[source.src] = source.y_src.astype(np.clongdouble) @ source.e_hat[source.src].astype(np.clongdouble)
         exact = _solve_long_double(y, i).astype(complex)
@@ -228,7 +229,7 @@ def test_float32_network_keeps_float32_accuracy():
     taps = torch.as_tensor(case.taps)
     exact = solve_power_flow(case.net, case.load_scale, case.p_kw, case.q_kvar, options=TIGHT, taps=taps)
     net32 = build_network(case.grid, dtype=torch.float32)
-    zbus.build_tap_bank(net32, case.grid, regulator_tables(case.feeder, case.names),
+    taps_mod.build_tap_bank(net32, case.grid, regulator_tables(case.feeder, case.names),
                         [case.base[n] for n in case.names])
     p32 = case.p_kw.float().requires_grad_()
     flow = solve_power_flow(net32, case.load_scale.float(), p32, case.q_kvar.float(),

@@ -3,7 +3,9 @@
 * :mod:`~gridflex.powerflow.zbus`: precomputed network, fixed point, Anderson, adjoint (numerics);
 * :mod:`~gridflex.powerflow.loads`: OpenDSS load-model currents and their derivatives;
 * :mod:`~gridflex.powerflow.implicit`: the ``torch.autograd.Function`` adapter;
-* :mod:`~gridflex.powerflow.result`: :class:`PowerFlowResult` and :func:`solve_power_flow`.
+* :mod:`~gridflex.powerflow.result`: :class:`PowerFlowResult` and :func:`solve_power_flow`;
+* :mod:`~gridflex.powerflow.taps`: per-sample regulator taps as a low-rank update of one network;
+* :mod:`~gridflex.powerflow.precision`: extended-precision residual steps for stiff admittances.
 
 The ``ac3ph`` solver plugin (``gridflex_plugins.solvers.ac3ph``) wraps these for scenarios.
 """

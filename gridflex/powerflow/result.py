@@ -113,14 +113,14 @@ def solve_power_flow(
         p_kw, q_kvar: [..., n_inj] extra constant-power wye consumption at the device nodes.
         warm_start: complex node voltages [..., n] in pu (or a previous result).
         taps: [..., n_reg] regulator tap positions per sample (ordered like
-            ``net.tap_bank.names``; needs a tap bank, :func:`~gridflex.powerflow.zbus.build_tap_bank`):
+            ``net.tap_bank.names``; needs a tap bank, :func:`~gridflex.powerflow.taps.build_tap_bank`):
             every sample at its own taps in one batched solve. None: the network's own taps.
     """
     options = options or SolveOptions()
     if isinstance(warm_start, PowerFlowResult):
         warm_start = warm_start.v_pu.detach()
     if taps is not None and net.tap_bank is None:
-        raise ValueError("per-sample taps need a network with a tap bank (zbus.build_tap_bank)")
+        raise ValueError("per-sample taps need a network with a tap bank (gridflex.powerflow.taps.build_tap_bank)")
     taps = None if taps is None else torch.as_tensor(taps, device=net.device)
     shape = _batch_shape(load_scale, p_kw, q_kvar, warm_start, taps)
     batch = int(torch.Size(shape).numel())

@@ -16,7 +16,7 @@ from gridflex.components import NetworkSolver, StrictConfig
 from gridflex.grid import Grid
 from gridflex.hookspecs import hookimpl
 from gridflex.powerflow import AdjointReport, PowerFlowResult, SolveOptions, build_network, solve_power_flow
-from gridflex.powerflow.zbus import RegulatorTable, build_tap_bank
+from gridflex.powerflow.taps import RegulatorTable, build_tap_bank
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
