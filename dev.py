@@ -45,8 +45,11 @@ def ensure_venv(extras: str) -> Path:
     if stamp_file.exists() and stamp_file.read_text() == digest:
         return python
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    print(f"installing {TORCH_SPEC} and gridflex{f'[{extras}]' if extras else ''} into {VENV} "
+          "(a minute or two the first time; quiet while it works)", flush=True)
     run(pip + [TORCH_SPEC])
     run(pip + ["-e", f".[{extras}]" if extras else "."])
+    print("installed", flush=True)
     stamp_file.write_text(digest)
     return python
 

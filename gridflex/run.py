@@ -236,7 +236,7 @@ def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, d
     controllers (unless ``references=False``), write ``out_dir``; returns ``metrics.json`` per
     controller. ``learner_seed`` (default: the scenario seed) seeds the learner only, so runs with
     different learner seeds share one world (``gridflex compare``)."""
-    from gridflex.evaluate import evaluate, held_out_days, metrics_document, write_run_outputs
+    from gridflex.evaluate import held_out_days, metrics_document, write_run_outputs
     from gridflex.world import build_world
 
     cfg = loaded.config
@@ -264,7 +264,7 @@ def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, d
         learner.on_day = lambda b, day: print(f"{cfg.learner.type} day {b + 1}: {learner.describe_day(day)}",
                                               file=sys.stderr, flush=True)
     solves_before = world.env.power_flow_solves
-    evaluation = evaluate(world, learner, days, cfg.data.n_test_days, regulated)
+    evaluation = _evaluate_with_progress(world, cfg.learner.type, learner, days, regulated, progress)
     world.env.power_flow_solves = solves_before  # evaluation solves are not training solves
     document = metrics_document(world, cfg.learner.type, evaluation, seeds=[seed],
                                 train_seconds=train_seconds,
@@ -286,12 +286,29 @@ def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, d
             continue
         ref_cls = registry.get("learner", name)
         reference = ref_cls(ref_cls.Config(), world.env, seed=cfg.seed)
-        ref_eval = evaluate(world, reference, days, cfg.data.n_test_days, regulated)
+        ref_eval = _evaluate_with_progress(world, name, reference, days, regulated, progress)
         ref_doc = metrics_document(world, name, ref_eval, seeds=[cfg.seed])
         ref_doc["power_flow_solves"] = 0
         write_run_outputs(out_dir / "baselines" / name, world, ref_doc, ref_eval)
         documents[name] = ref_doc
     return documents
+
+
+def _evaluate_with_progress(world, name: str, learner, days, regulated: bool, progress: bool):
+    """:func:`gridflex.evaluate.evaluate` on the scenario's test days, saying what it does."""
+    from gridflex.evaluate import evaluate
+    from gridflex.progress import Progress
+
+    cfg = world.loaded.config
+    n_days = min(cfg.data.n_test_days, len(days))
+    extra = " and with the tap controller" if regulated and world.env.tap_treatment != "regulated" else ""
+    step = Progress(f"evaluating {name} on {n_days} test days ({world.env.tap_treatment} taps{extra})",
+                    enabled=progress)
+    step.step()
+    evaluation = evaluate(world, learner, days, cfg.data.n_test_days, regulated)
+    metrics = evaluation.metrics
+    step.close(f"{metrics['voltage_violation_rate']:.2%} violations, {metrics['cost_per_day']:.1f} EUR/day")
+    return evaluation
 
 
 def _json_scalar(value):

@@ -211,6 +211,9 @@ def compute_targets(loaded: LoadedScenario, registry, pm=None, *, reference: boo
     from gridflex.world import build_world
 
     cfg = loaded.config
+    started = time.perf_counter()
+    say = progress
+    progress = lambda line: say(f"{line} (elapsed {time.perf_counter() - started:.0f} s)")  # noqa: E731
     world = build_world(loaded, registry, pm, progress=progress)
     env = world.env
     exo = validation_days_exogenous(world)

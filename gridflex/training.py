@@ -49,6 +49,7 @@ from gridflex.components import Learner, StrictConfig
 from gridflex.errors import UserError
 from gridflex.env import Exogenous
 from gridflex.metrics import evaluation_metrics
+from gridflex.progress import Progress
 from gridflex.targets import Target
 
 BASE_COLUMNS = ("iteration", "wall_s", "eval_wall_s", "power_flow_solves",
@@ -239,16 +240,18 @@ class Trainer:
                 while next_val_s <= now:
                     next_val_s += cfg.validation_interval_s
                 if bar is not None:
-                    bar.set_postfix(viol=f"{row['val_violation_rate']:.3%}", cost=f"{row['val_cost_per_day']:.0f}")
+                    bar.step(self._done(cfg, iteration, now),
+                             f"iteration {iteration}, validation {row['val_violation_rate']:.2%} violations, "
+                             f"{row['val_cost_per_day']:.1f} EUR/day")
             if done:
                 break
             last_extras = learner.train_iteration(self)
             iteration += 1
-            if bar is not None:
-                bar.n = min(iteration, bar.total) if cfg.budget_seconds is None else round(min(clock(), bar.total), 1)
-                bar.refresh()
+            if bar is not None and bar._bar is not None:  # a terminal bar also moves between validations
+                bar._bar.n = min(self._done(cfg, iteration, clock()), bar.total)
+                bar._bar.refresh()
         if bar is not None:
-            bar.close()
+            bar.close(f"{iteration} iterations, {clock():.1f} s of training clock")
         train_seconds = history[-1]["wall_s"]
         if cfg.select_best and best_state is not None:
             work = (learner.env_gradient_evaluations, learner.policy_updates)
@@ -267,16 +270,18 @@ class Trainer:
             print("\n".join(result.report), file=sys.stderr, flush=True)
         return result
 
-    def _progress_bar(self, cfg):
+    def _progress_bar(self, cfg) -> Progress | None:
+        """A bar on a terminal (kept when done), one line per validation point in a log."""
         if not self.progress:
             return None
-        from tqdm.auto import tqdm
+        if cfg.budget_iterations is not None:  # the iteration budget is the reproducible one
+            return Progress("training", cfg.budget_iterations, "it")
+        return Progress("training", cfg.budget_seconds, "s")
 
-        if cfg.budget_seconds is not None:
-            return tqdm(total=cfg.budget_seconds, unit="s", desc="training", leave=False, disable=None,
-                        mininterval=1.0, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s {postfix}")
-        return tqdm(total=cfg.budget_iterations, unit="it", desc="training", leave=False, disable=None,
-                    mininterval=1.0)
+    @staticmethod
+    def _done(cfg, iteration: int, clock_s: float) -> float:
+        """How far the budget got: iterations under an iteration budget, else training seconds."""
+        return float(iteration) if cfg.budget_iterations is not None else round(clock_s, 1)
 
     def _record(self, learner, iteration, wall_s, extras) -> dict:
         metrics = self.validate(learner)

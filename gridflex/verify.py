@@ -1,8 +1,9 @@
 """``gridflex verify RUN_DIR``: replay a run's test-day schedules in OpenDSS, compare metrics.
 
 The OpenDSS engine is an independent oracle here: it re-solves every (day, step) of the run's
-frozen-tap test schedule (``schedules.npz``: spot-load multipliers, net nodal injections of
-households' PV and all devices, taps) and gridflex reports the voltage metrics and source power
+test schedule under the scenario's tap treatment (``schedules.npz``: spot-load multipliers, net
+nodal injections of households' PV and all devices, the fixed taps or, when regulated, every
+step's taps) and gridflex reports the voltage metrics and source power
 from both engines side by side. Loads are set exactly as gridflex modelled them (constant power
 with wide Vminpu/Vmaxpu for ``load_model: constant_pq``); device and PV injections enter as
 single-phase constant-power loads (negative kW = injection) at their nodes.
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from gridflex.errors import UserError
+from gridflex.progress import Progress
 
 SCHEDULE_FILE = "schedules.npz"
 
@@ -57,7 +59,7 @@ def voltage_metrics(vm_pu: np.ndarray, limits: tuple[float, float], dt_h: float)
     }
 
 
-def replay(run_dir: Path, tolerance: float = 1e-8) -> dict:
+def replay(run_dir: Path, tolerance: float = 1e-8, progress: bool = True) -> dict:
     """Re-solve the run's schedule in OpenDSS; returns both engines' metrics and differences."""
     path = Path(run_dir) / SCHEDULE_FILE
     if not path.is_file():
@@ -110,7 +112,9 @@ def replay(run_dir: Path, tolerance: float = 1e-8) -> dict:
     p_source = np.zeros((days, steps))
     failed = 0
     t0 = time.perf_counter()
+    bar = Progress("replaying in OpenDSS", days, "days", enabled=progress)
     for d in range(days):
+        bar.step(d, f"day {d + 1} of {days}")
         for t in range(steps):
             for l, idx in enumerate(spot_idx):
                 loads.idx = idx
@@ -129,6 +133,8 @@ def replay(run_dir: Path, tolerance: float = 1e-8) -> dict:
             v_engine[d, t] = (volts[0::2] + 1j * volts[1::2])[order] / v_base
             p_source[d, t] = -circuit.TotalPower[0]
     engine_seconds = time.perf_counter() - t0
+    bar.step(days)
+    bar.close(f"{days * steps} snapshots, {failed} not converged")
     node_a = [str(n) for n in s["monitor_node_a"]]
     node_b = [str(n) for n in s["monitor_node_b"]]
     vm_engine = _monitored_magnitudes(v_engine, names, node_a, node_b)
