@@ -139,9 +139,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     from gridflex.run import execute_run, results_table
 
-    plan.write(out_dir)
-    documents = execute_run(loaded, registry, pm, out_dir, plan.device, resume=resume,
-                            references=not args.no_references)
+    created = not Path(out_dir).exists()
+    written = plan.write(out_dir)
+    try:
+        documents = execute_run(loaded, registry, pm, out_dir, plan.device, resume=resume,
+                                references=not args.no_references)
+    except UserError:
+        # a mistake found while building the world (e.g. more devices than households) leaves no
+        # half-written folder behind: only the plan had been written, and it is taken back
+        if not resume and not any(n not in (RESOLVED, "plan.txt") for n in existing_run_outputs(out_dir)):
+            for path in written:
+                path.unlink(missing_ok=True)
+            if created and not any(Path(out_dir).iterdir()):
+                Path(out_dir).rmdir()
+        raise
     n_days = next(iter(documents.values()))["n_test_days"]
     print(f"\ntest metrics over {n_days} test days (exact AC power flow):")
     print(results_table(documents))

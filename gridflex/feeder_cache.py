@@ -17,6 +17,7 @@ from typing import Any
 
 from gridflex.errors import UserError
 from gridflex.feeder import TAPS_MODES, Feeder
+from gridflex.scenario import BUILTIN_FEEDERS
 
 FEEDER_JSON_SUFFIXES = (".feeder.json", ".feeder.json.gz")
 USER_CACHE_DIR = Path("~/.cache/gridflex/feeders")
@@ -34,7 +35,8 @@ def load_feeder(path: str | Path, taps: str = "opendss", registry_or_pm: Any = N
     """
     path = Path(path).expanduser().resolve()
     if not path.is_file():
-        raise UserError(f"feeder file {path} does not exist")
+        raise UserError(f"feeder file {path} does not exist; give a path to a .dss master file or a "
+                        f"gridflex feeder .json(.gz), or a shipped feeder by name: {', '.join(BUILTIN_FEEDERS)}")
     if path.name.lower().endswith(FEEDER_JSON_SUFFIXES):
         return _read_feeder_json(path)
     if taps not in TAPS_MODES:

@@ -37,6 +37,16 @@ def blocked_plugin_names() -> set[str]:
     return {name.strip() for name in raw.split(",") if name.strip()}
 
 
+def blocked_note() -> str:
+    """``"; plugins blocked by GRIDFLEX_BLOCK_PLUGINS: a, b (their components are unavailable)"``,
+    or ``""`` when none is blocked: said wherever an unknown component is reported."""
+    blocked = sorted(blocked_plugin_names())
+    if not blocked:
+        return ""
+    return (f"; plugins blocked by {BLOCK_ENV_VAR}: {', '.join(blocked)} (their components are "
+            f"unavailable; unset {BLOCK_ENV_VAR} to use them)")
+
+
 class GridflexPluginManager(pluggy.PluginManager):
     """A pluggy manager that remembers which distribution provided each entry-point plugin."""
 
@@ -152,7 +162,7 @@ class Registry:
             allowed = self.names(kind)
             raise UserError(
                 f"unknown {kind} {name!r}{did_you_mean(name, allowed)}; installed: "
-                f"{', '.join(allowed) or 'none'}"
+                f"{', '.join(allowed) or 'none'}{blocked_note()}"
             ) from None
 
 

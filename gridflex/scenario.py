@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from gridflex.components import StrictConfig
 from gridflex.errors import UserError, did_you_mean
+from gridflex.plugins import blocked_note
 
 DEFAULT_SCENARIO = "ieee13_small.yaml"
 
@@ -583,7 +584,7 @@ def _validate_components(
                 Problem(
                     f"{path}.type",
                     f"unknown {kind} {name!r}{did_you_mean(name, allowed)}; "
-                    f"installed: {', '.join(allowed) or 'none'}",
+                    f"installed: {', '.join(allowed) or 'none'}{blocked_note()}",
                 )
             )
             continue

@@ -63,7 +63,13 @@ def replay(run_dir: Path, tolerance: float = 1e-8, progress: bool = True) -> dic
     """Re-solve the run's schedule in OpenDSS; returns both engines' metrics and differences."""
     path = Path(run_dir) / SCHEDULE_FILE
     if not path.is_file():
-        raise UserError(f"{path} not found: RUN_DIR must be the output folder of `gridflex run`")
+        hint = ""
+        if (Path(run_dir) / "comparison.json").is_file():
+            runs = sorted(p.parent for p in Path(run_dir).glob(f"*/seed*/{SCHEDULE_FILE}"))
+            hint = (" This is a `gridflex compare` folder: verify one of its runs, "
+                    f"DIR/<learner>/seed<N>, e.g. {runs[0]}" if runs else
+                    " This is a `gridflex compare` folder: verify one of its runs, DIR/<learner>/seed<N>")
+        raise UserError(f"{path} not found: RUN_DIR must be the output folder of `gridflex run`.{hint}")
     s = np.load(path, allow_pickle=False)
     dss = _engine()
     from gridflex.feeder_cache import load_feeder

@@ -253,3 +253,35 @@ def test_default_out_folder_unusable(cli, finished, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").write_text("a file where runs/ would go")
     refused(cli("run", str(finished[0])), "default output folder", "is a file, not a folder")
+
+
+# ---------------------------------------------------------------- remaining rough edges (issue 18 item 8)
+def test_world_build_mistake_leaves_no_half_written_folder(tmp_path, cli):
+    from gridflex.scenario import default_scenario_path
+
+    out = tmp_path / "run"
+    code, _, err = cli("run", str(default_scenario_path()), "-o", "devices[0].count=5000", "--out", str(out))
+    assert code == 2 and "Traceback" not in err and "eligible households" in err
+    assert not out.exists()
+
+
+def test_unknown_shipped_feeder_lists_the_shipped_ones(cli):
+    code, _, err = cli("pf", "ieee124")
+    assert code == 2 and "shipped feeder by name: ieee13, ieee34mod1, ieee34mod2, ieee123" in err
+
+
+def test_blocked_plugin_is_named_where_its_component_is_missing(cli, monkeypatch):
+    from gridflex.scenario import default_scenario_path
+
+    monkeypatch.setenv("GRIDFLEX_BLOCK_PLUGINS", "gradmap")
+    code, _, err = cli("validate", str(default_scenario_path()))
+    assert code == 2 and "unknown learner 'gradmap'" in err
+    assert "blocked by GRIDFLEX_BLOCK_PLUGINS: gradmap" in err
+
+
+def test_verify_on_a_compare_folder_points_at_its_runs(tmp_path, cli):
+    (tmp_path / "comparison.json").write_text("{}")
+    (tmp_path / "gradmap" / "seed0").mkdir(parents=True)
+    (tmp_path / "gradmap" / "seed0" / "schedules.npz").write_bytes(b"")
+    code, _, err = cli("verify", str(tmp_path))
+    assert code == 2 and "gridflex compare" in err and str(tmp_path / "gradmap" / "seed0") in err
