@@ -38,9 +38,10 @@ def plot_voltage_envelope(run_dir: Path, out: Path) -> Path:
     """Per hour of day: lowest and highest monitored line-to-ground |V| over the test days."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    limits = None
+    limits, treatment = None, "frozen"
     for name, folder in _controllers(run_dir).items():
         with np.load(folder / "schedules.npz", allow_pickle=False) as s:
+            treatment = str(s["tap_treatment"]) if "tap_treatment" in s.files else treatment
             names = [str(n) for n in s["node_names"]]
             lg = [names.index(str(a)) for a, b in zip(s["monitor_node_a"], s["monitor_node_b"]) if not str(b)]
             vm = s["vm_pu"][..., lg]  # [days, steps, monitored]
@@ -55,7 +56,7 @@ def plot_voltage_envelope(run_dir: Path, out: Path) -> Path:
             ax.axhline(float(v), color="k", linewidth=0.8)
     ax.set_xlabel("hour of day")
     ax.set_ylabel("monitored |V| (pu)")
-    ax.set_title("Test days, frozen taps: voltage envelope")
+    ax.set_title(f"Test days ({treatment} taps): voltage envelope")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -63,8 +64,11 @@ def plot_voltage_envelope(run_dir: Path, out: Path) -> Path:
     return out
 
 
-def plot_history(history_csv: Path, out: Path, target: dict | None = None) -> Path:
-    """Validation violation rate and cost against the training clock, with the target's lines."""
+def plot_history(history_csv: Path, out: Path, target: dict | None = None,
+                 selected_wall_s: float | None = None) -> Path:
+    """Validation violation rate and cost against the training clock, with the target's lines,
+    the first point that met the target (dotted vertical line) and the selected checkpoint
+    (``selected_wall_s``, a ring)."""
     plt = _pyplot()
     with history_csv.open() as fh:
         rows = list(csv.DictReader(fh))
@@ -83,6 +87,17 @@ def plot_history(history_csv: Path, out: Path, target: dict | None = None) -> Pa
         ax_c.legend()
     ax_c.set_xlabel("training clock (s)")
     ax_c.set_ylabel("validation cost (per day)")
+    met = next((float(r["wall_s"]) for r in rows if r.get("meets_target") == "1"), None)
+    for ax, values in ((ax_v, [100 * float(r["val_violation_rate"]) for r in rows]),
+                       (ax_c, [float(r["val_cost_per_day"]) for r in rows])):
+        if met is not None:
+            ax.axvline(met, color="tab:green", linestyle=":", label=f"target met ({met:.1f} s)")
+        if selected_wall_s is not None and wall:
+            k = int(np.argmin(np.abs(np.asarray(wall) - selected_wall_s)))
+            ax.plot([wall[k]], [values[k]], "o", markersize=12, markerfacecolor="none",
+                    markeredgecolor="tab:red", label="selected checkpoint")
+        if met is not None or selected_wall_s is not None:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -98,6 +113,8 @@ def write_plots(run_dir: Path) -> list[Path]:
     written = [plot_voltage_envelope(run_dir, plots / "voltage_envelope.png")]
     history = run_dir / "history.csv"
     if history.is_file():
-        target = json.loads((run_dir / "metrics.json").read_text()).get("target")
-        written.append(plot_history(history, plots / "history.png", target))
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        selected = (metrics.get("validation") or {}).get("wall_s")
+        written.append(plot_history(history, plots / "history.png", metrics.get("target"),
+                                    None if selected is None else float(selected)))
     return written
