@@ -95,12 +95,7 @@ def _solver_at(env: Environment, taps):
     """``solve(load_scale, p, q)`` at the fixed taps (``taps is None``) or per-sample ``taps``."""
     if taps is None:
         return env.solver.solve
-    solve_at_taps = getattr(env, "solve_at_taps", None)
-    if solve_at_taps is None:
-        raise NotImplementedError(
-            "authority_bound(taps=...) needs Environment.solve_at_taps(load_scale, p_kw, q_kvar, taps); "
-            "this environment has none (pass taps=None for the fixed taps)")
-    return lambda load_scale, p, q: solve_at_taps(load_scale, p, q, taps)
+    return lambda load_scale, p, q: env.solve_at_taps(load_scale, p, q, taps)
 
 
 def authority_bound(

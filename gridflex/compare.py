@@ -128,8 +128,8 @@ def compare(scenario: str | Path | None, learners: list[str], seeds: list[int], 
                               progress=progress)[name]
             runs.append(doc)
             rows = _history_rows(run_dir) if cls.trains else []
-            times.append(_to_target(rows, target) if cls.trains else None)
-            loose.append(_to_target(rows, _violation_only(target)) if cls.trains else None)
+            times.append(_to_target(rows, target))  # (None, None) without a history
+            loose.append(_to_target(rows, _violation_only(target)))
             _add_final_duals(doc, rows)
         result["learners"][name] = _learner_summary(runs, times, loose)
     result["machine"] = machine_load()  # at the end of the runs; each run's start is in the output
@@ -194,8 +194,6 @@ def _add_final_duals(doc: dict, rows: list[dict]) -> None:
 
 def _learner_summary(runs: list[dict], times: list[tuple], loose: list[tuple]) -> dict:
     """Medians and IQRs per learner; ``times``/``loose``: (seconds, env gradients) per run."""
-    times = [t if isinstance(t, (tuple, list)) else (t, None) for t in times]
-    loose = [t if isinstance(t, (tuple, list)) else (t, None) for t in loose]
     keys = [k for k, v in runs[0]["test"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     columns = {k: [r["test"].get(k) for r in runs] for k in keys}
     columns.update({k: [r.get(k) for r in runs] for k in RUN_KEYS})

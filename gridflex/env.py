@@ -144,8 +144,8 @@ class Environment:
         #: the taps of ``grid`` (frozen or settled; where every regulated day starts)
         self.base_taps: dict[str, int] = dict((grid.meta or {}).get("taps", {}))
         names = [rc.transformer for rc in feeder.regcontrols] if feeder is not None else []
-        self.tap_solvers = TapSolvers(names, self.with_taps_solver)
-        self.tap_solvers._solvers[tuple(self.base_taps.get(n, 0) for n in names)] = self.solver
+        base_state = tuple(self.base_taps.get(n, 0) for n in names)
+        self.tap_solvers = TapSolvers(names, self.with_taps_solver, known={base_state: self.solver})
         probe = self.solver.solve()
         self.current_monitor = current_monitor_factory(probe.branch_slices)
         self.power_flow_solves = 0

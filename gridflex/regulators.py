@@ -92,10 +92,11 @@ class TapSolvers:
     ``factory(taps: dict[str, int])`` and kept; one solve per distinct state.
     """
 
-    def __init__(self, names: list[str], factory: Callable[[dict[str, int]], object]):
+    def __init__(self, names: list[str], factory: Callable[[dict[str, int]], object],
+                 known: dict[tuple[int, ...], object] | None = None):
         self.names = list(names)
         self._factory = factory
-        self._solvers: dict[tuple[int, ...], object] = {}
+        self._solvers: dict[tuple[int, ...], object] = dict(known or {})  # e.g. the base taps' solver
         self.batched = None  # a solver whose solve() takes per-sample ``taps``
         self.grouped = False  # force the per-state reference path
         self._batched_tried = False

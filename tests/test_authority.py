@@ -78,10 +78,6 @@ def test_bound_argument_checks_and_the_tap_path(small):
     names = [rc.transformer for rc in world.feeder.regcontrols]
     base = world.feeder.regulator_taps()
     taps = np.tile(np.array([base[n] for n in names], dtype=np.int64), (exo.batch, exo.steps, 1))
-    if not hasattr(env, "solve_at_taps"):
-        with pytest.raises(NotImplementedError, match="solve_at_taps"):
-            authority_bound(env, exo, limits, taps=taps, rollout=rollout)
-        return
     at_fixed = authority_bound(env, exo, limits, taps=taps, rollout=rollout)
     assert at_fixed["taps"] == "given"
     for key in ("voltage_violation_rate", "unfixable_node_hours", "unfixable_conductor_hours"):
