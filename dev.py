@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "run":
         python = ensure_venv("")
-        return subprocess.call([str(python), "-m", "gridflex.cli", "run", *rest], cwd=ROOT)
+        return subprocess.call([str(python), "-m", "gridflex", "run", *rest], cwd=ROOT)
     python = ensure_venv("test")
     return subprocess.call([str(python), "-m", "pytest", *rest], cwd=ROOT)
 

@@ -32,9 +32,9 @@ def sync(device: torch.device) -> None:
 
 
 def build(scenario: Path, device: str, tap_treatment: str | None = None):
-    from gridflex.plugins import load_registry
+    from gridflex.plugins.registry import load_registry
     from gridflex.scenario import load_scenario
-    from gridflex.world import build_world
+    from gridflex.runs.world import build_world
 
     pm, registry = load_registry()
     overrides = [f"device={device}"] + ([f"feeder.tap_treatment={tap_treatment}"] if tap_treatment else [])
@@ -65,7 +65,7 @@ def linear_policies(env, generator):
 
 
 def measure(world, days: int, repeats: int) -> dict[str, float]:
-    from gridflex.metrics import day_costs, network_terms
+    from gridflex.learning.metrics import day_costs, network_terms
 
     env = world.env
     rng = np.random.default_rng(0)

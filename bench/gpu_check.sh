@@ -28,7 +28,7 @@ echo "== environment step" | tee -a "$OUT/progress.txt"
 timeout 80 $PY bench/env_step.py --device "$DEVICE" --days $DAYS --repeats 2 >"$OUT/env_step.txt" 2>&1
 
 echo "== GradMAP on IEEE 123, 1,000 agents" | tee -a "$OUT/progress.txt"
-timeout 150 $PY -m gridflex.cli run scenarios/ieee123_1000.yaml --device "$DEVICE" --no-references \
+timeout 150 $PY -m gridflex.cli.main run scenarios/ieee123_1000.yaml --device "$DEVICE" --no-references \
   -o learner.params.budget_seconds=$BUDGET -o learner.params.validation_interval_s=4 \
   -o environment.regulated_evaluation=false -o data.n_test_days=4 -o data.n_validation_days=4 \
   --out /tmp/gridflex_run123 >"$OUT/run123.txt" 2>&1

@@ -47,9 +47,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=8, help="conductors listed per controller")
     args = parser.parse_args()
 
-    from gridflex.plugins import load_registry
+    from gridflex.plugins.registry import load_registry
     from gridflex.scenario import load_scenario
-    from gridflex.world import build_world
+    from gridflex.runs.world import build_world
 
     pm, registry = load_registry()
     world = build_world(load_scenario(args.scenario, [], registry), registry, pm)

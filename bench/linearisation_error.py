@@ -38,10 +38,10 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=None, help="validation days (default: the scenario's)")
     args = parser.parse_args()
 
-    from gridflex.plugins import load_registry
+    from gridflex.plugins.registry import load_registry
     from gridflex.scenario import load_scenario
-    from gridflex.training import validation_days_exogenous
-    from gridflex.world import build_world
+    from gridflex.learning.training import validation_days_exogenous
+    from gridflex.runs.world import build_world
     from gridflex_plugins.solvers.linear3ph import Linear3PhSolver
 
     pm, registry = load_registry()

@@ -33,10 +33,10 @@ FEEDER = REPO / "scenarios" / "feeders" / "ieee123" / "IEEE123Master.dss"
 def load_grid(path: Path, taps: str):
     """The project's Grid from the feeder cache (no engine needed) or, failing that, the engine's."""
     try:
-        from gridflex.feeder_cache import load_feeder
-        from gridflex.grid_build import build_grid
+        from gridflex.runs.feeder_cache import load_feeder
+        from gridflex.network.grid_build import build_grid
 
-        return build_grid(load_feeder(path, taps=taps)), "gridflex.feeder_cache"
+        return build_grid(load_feeder(path, taps=taps)), "gridflex.runs.feeder_cache"
     except ImportError:
         from opendss_oracle import grid_from_engine
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # the numerics directly (the plugin adds pydantic, which the GPU machine's image lacks)
-    from gridflex.powerflow import AdjointReport, SolveOptions, build_network, solve_power_flow
+    from gridflex.network.powerflow import AdjointReport, SolveOptions, build_network, solve_power_flow
 
     device = torch.device(args.device)
     grid, source = load_grid(args.feeder, args.taps)

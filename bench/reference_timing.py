@@ -22,10 +22,10 @@ def main() -> None:
 
     import cvxpy as cp
 
-    from gridflex.plugins import load_registry
+    from gridflex.plugins.registry import load_registry
     from gridflex.scenario import load_scenario
-    from gridflex.training import validation_days_exogenous
-    from gridflex.world import build_world
+    from gridflex.learning.training import validation_days_exogenous
+    from gridflex.runs.world import build_world
     from gridflex_plugins.learners.reference import ReferenceLearner, ReferenceOPF
 
     pm, registry = load_registry()

@@ -21,8 +21,8 @@ import argparse
 import time
 from pathlib import Path
 
-from gridflex.compare import compare, comparison_table, machine_load, parse_seeds, rescore
-from gridflex.plugins import load_registry
+from gridflex.runs.compare import compare, comparison_table, machine_load, parse_seeds, rescore
+from gridflex.plugins.registry import load_registry
 from gridflex.scenario import shipped_scenarios_dir
 
 LEARNERS = ("gradmap", "gradmap_e1", "ssl_penalty", "ssl_pd")

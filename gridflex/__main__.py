@@ -2,7 +2,7 @@
 
 import sys
 
-from gridflex.cli import main
+from gridflex.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

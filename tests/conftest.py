@@ -15,7 +15,7 @@ def toy_registry():
     """Registry of the installed plugins plus the test-only toy plugin."""
     import toy_plugin
 
-    from gridflex.plugins import load_registry
+    from gridflex.plugins.registry import load_registry
 
     return load_registry(extra_plugins=(toy_plugin,))[1]
 
@@ -23,7 +23,7 @@ def toy_registry():
 @pytest.fixture
 def cli(capsys):
     """Run the CLI in-process: returns (exit code, stdout, stderr)."""
-    from gridflex.cli import main
+    from gridflex.cli.main import main
 
     def run(*argv: str):
         code = main(list(argv))
@@ -36,9 +36,9 @@ def cli(capsys):
 def world_from_text(directory: Path, text: str, name: str = "tiny", overrides=()):
     """Write scenario ``text`` to ``directory/<name>.yaml`` and build it: ``(path, pm, registry,
     world)`` (the tiny IEEE 13 worlds several modules share)."""
-    from gridflex.plugins import load_registry
+    from gridflex.plugins.registry import load_registry
     from gridflex.scenario import load_scenario
-    from gridflex.world import build_world
+    from gridflex.runs.world import build_world
 
     path = Path(directory) / f"{name}.yaml"
     path.write_text(text)

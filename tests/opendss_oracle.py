@@ -2,11 +2,11 @@
 
 Two things come from the engine here:
 
-* :func:`grid_from_engine` assembles a :class:`gridflex.grid.Grid` from the compiled circuit: the
+* :func:`grid_from_engine` assembles a :class:`gridflex.network.grid.Grid` from the compiled circuit: the
   sum of every element's primitive admittance except the loads (the Vsource's Yprim is its Norton
   admittance), the loads decomposed into single-phase branches as the ``Grid`` docstring says, and
   the lines/switches/transformers as reported branches. It cross-checks the project's own
-  ``gridflex.grid_build.build_grid``.
+  ``gridflex.network.grid_build.build_grid``.
 * :meth:`EngineCase.solve` runs the engine's own power flow (``Set tolerance=1e-10``, control off,
   taps fixed) and returns voltages, terminal currents and powers in the ``Grid``'s order.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gridflex.grid import Branch, Grid
+from gridflex.network.grid import Branch, Grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_FEEDERS = Path("/work/shared/feeders")

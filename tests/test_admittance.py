@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gridflex import admittance
+from gridflex.network import admittance
 from gridflex.errors import UserError
-from gridflex.feeder_cache import load_feeder
-from gridflex.grid_build import GridAssembler, build_grid
+from gridflex.runs.feeder_cache import load_feeder
+from gridflex.network.grid_build import GridAssembler, build_grid
 
 dss = pytest.importorskip("dss", reason="the OpenDSS engine (dss-python) is not installed")
 

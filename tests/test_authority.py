@@ -1,4 +1,4 @@
-"""The fleet-authority bound (gridflex.authority) on the small shipped scenario, 2 validation days."""
+"""The fleet-authority bound (gridflex.learning.authority) on the small shipped scenario, 2 validation days."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from gridflex.authority import authority_bound, extreme_injections, no_control_rollout
-from gridflex.metrics import evaluation_metrics
+from gridflex.learning.authority import authority_bound, extreme_injections, no_control_rollout
+from gridflex.learning.metrics import evaluation_metrics
 
 
 @pytest.fixture(scope="module")
 def small():
-    from gridflex.plugins import load_registry
+    from gridflex.plugins.registry import load_registry
     from gridflex.scenario import load_scenario, shipped_scenarios_dir
-    from gridflex.world import build_world
+    from gridflex.runs.world import build_world
 
     pm, registry = load_registry()
     loaded = load_scenario(str(shipped_scenarios_dir() / "ieee13_small.yaml"), [], registry)

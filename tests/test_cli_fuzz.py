@@ -138,7 +138,7 @@ def test_console_script_subprocess_cases(tmp_path):
     ]
     for argv, code, text in cases:
         proc = subprocess.run(
-            [sys.executable, "-m", "gridflex.cli", *argv], capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "gridflex.cli.main", *argv], capture_output=True, text=True, timeout=120
         )
         assert proc.returncode == code, (argv, proc.stdout, proc.stderr)
         assert text in proc.stdout + proc.stderr

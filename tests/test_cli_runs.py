@@ -32,7 +32,7 @@ target: {max_violation_rate: 0.5}
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """(scenario path, finished run folder, captured output of the run)."""
-    from gridflex.cli import main
+    from gridflex.cli.main import main
 
     base = tmp_path_factory.mktemp("runs")
     scenario = base / "tiny13runs.yaml"
@@ -177,8 +177,8 @@ def test_end_of_training_report_is_printed(finished):
 
 
 def test_outcome_report_cost_bound_and_not_met():
-    from gridflex.targets import Target
-    from gridflex.training import TrainingResult, outcome_report
+    from gridflex.learning.targets import Target
+    from gridflex.learning.training import TrainingResult, outcome_report
 
     target = Target(0.01, 8100.0, 0.5, 8000.0, 8200.0)
     rows = [{"iteration": 0, "wall_s": 0.0, "env_gradient_evaluations": 0,

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from scipy.integrate import solve_ivp
 
-from gridflex.components import DeviceModel, StepInputs
-from gridflex.profiles import DATA_FILE, data_dir, resample_mean
+from gridflex.plugins.contracts import DeviceModel, StepInputs
+from gridflex.fleet.profiles import DATA_FILE, data_dir, resample_mean
 from gridflex_plugins.devices import Battery, Generator, HeatPump
 from gridflex_plugins.devices._inverter import (reactive_limit_kvar, volt_var_injection_frac,
                                                 volt_watt_limit_frac)
@@ -63,7 +63,7 @@ def coldest_day_temp_c(dt_h: float) -> np.ndarray:
 
 # ============================================================================ registry and config
 def test_plugin_registers_the_three_fleets():
-    from gridflex.plugins import load_registry
+    from gridflex.plugins.registry import load_registry
 
     registry = load_registry()[1]
     assert {"battery", "heat_pump", "generator"} <= set(registry.names("device"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from gridflex import hookspecs
-from gridflex.plugins import load_registry
+from gridflex.plugins import hookspecs
+from gridflex.plugins.registry import load_registry
 from gridflex.scenario import scenario_json_schema
 
 from conftest import REPO_ROOT

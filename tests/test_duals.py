@@ -149,7 +149,7 @@ def test_primal_dual_loop_reaches_the_kkt_point(name):
 
 
 def test_history_has_the_per_family_columns(setup, tmp_path):  # noqa: F811
-    from gridflex.training import BASE_COLUMNS, Trainer
+    from gridflex.learning.training import BASE_COLUMNS, Trainer
 
     _, _, _, _, world = setup
     learner = make_learner(setup, dual_measure="signed", budget_iterations=1)

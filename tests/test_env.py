@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from gridflex.errors import UserError
-from gridflex.evaluate import evaluate, validation_days
-from gridflex.metrics import day_costs, evaluation_metrics, network_terms
-from gridflex.plugins import load_registry
+from gridflex.runs.evaluate import evaluate, validation_days
+from gridflex.learning.metrics import day_costs, evaluation_metrics, network_terms
+from gridflex.plugins.registry import load_registry
 from gridflex.scenario import load_scenario
-from gridflex.world import build_world
+from gridflex.runs.world import build_world
 
 SMALL = """
 name: tiny

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from gridflex.errors import UserError
-from gridflex.feeder import Feeder
-from gridflex.feeder_cache import cache_paths, load_feeder
+from gridflex.network.feeder import Feeder
+from gridflex.runs.feeder_cache import cache_paths, load_feeder
 
 FEEDERS_DIR = Path(__file__).resolve().parents[1] / "scenarios" / "feeders"
 SHIPPED = {
@@ -155,8 +155,8 @@ def test_read_through_plugin_registry(tmp_path):
     pytest.importorskip("dss", reason="the OpenDSS engine (dss-python) is not installed")
     import pluggy
 
-    from gridflex import hookspecs
-    from gridflex.plugins import Registry
+    from gridflex.plugins import hookspecs
+    from gridflex.plugins.registry import Registry
     from gridflex_plugins.feeders import dss_reader
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -186,7 +186,7 @@ _BLOCKED = textwrap.dedent(
     import sys, json
     sys.modules["dss"] = None
     sys.modules["opendssdirect"] = None
-    from gridflex.feeder_cache import load_feeder
+    from gridflex.runs.feeder_cache import load_feeder
     from gridflex.errors import UserError
     out = {}
     for path in sys.argv[2:]:

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from gridflex.plugins import load_registry
+from gridflex.plugins.registry import load_registry
 from gridflex.scenario import load_scenario
-from gridflex.training import Trainer
-from gridflex.world import build_world
+from gridflex.learning.training import Trainer
+from gridflex.runs.world import build_world
 
 TINY = """
 name: tiny13
@@ -116,7 +116,7 @@ def test_one_outer_iteration_lowers_the_lagrangian(setup):
 
 
 def test_learners_smoke_and_comparison_contract(setup, tmp_path):
-    from gridflex.compare import compare
+    from gridflex.runs.compare import compare
 
     path, pm, registry, _, world = setup
     learners = ["no_control", *TRAINING_LEARNERS]
@@ -146,7 +146,7 @@ def test_learners_smoke_and_comparison_contract(setup, tmp_path):
 
     # rescoring from the histories reproduces the run-time times; the loose (violation-only)
     # kind is never later than the full target
-    from gridflex.compare import rescore
+    from gridflex.runs.compare import rescore
 
     again = rescore(tmp_path, path, overrides=FAST, registry=registry)
     for name in TRAINING_LEARNERS:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gridflex.components import StepInputs
+from gridflex.plugins.contracts import StepInputs
 from gridflex_plugins.devices.battery import Battery
 from gridflex_plugins.learners.ippo.agents import FleetActorCritic
 from gridflex_plugins.learners.ippo.ppo import PPOSettings, fleet_batch, gae, ppo_update
@@ -223,10 +223,10 @@ target: {max_violation_rate: 0.5}
 
 
 def test_training_loop_smoke_history_and_checkpoint(tmp_path):
-    from gridflex.plugins import load_registry
-    from gridflex.run import execute_run
+    from gridflex.plugins.registry import load_registry
+    from gridflex.runs.run import execute_run
     from gridflex.scenario import load_scenario
-    from gridflex.training import BASE_COLUMNS
+    from gridflex.learning.training import BASE_COLUMNS
 
     path = tmp_path / "tiny13_ippo.yaml"
     path.write_text(TINY)
@@ -248,7 +248,7 @@ def test_training_loop_smoke_history_and_checkpoint(tmp_path):
     assert metrics["train_seconds"] == pytest.approx(float(rows[-1]["wall_s"]), rel=1e-5)
     for name in ("checkpoint.pt", "policy.pt"):
         state = torch.load(run_dir / name, weights_only=True)
-        from gridflex.world import build_world
+        from gridflex.runs.world import build_world
 
         fresh = cls(loaded.component_config("learner"), build_world(loaded, registry, pm).env, seed=1)
         fresh.load_state_dict(state["learner"])

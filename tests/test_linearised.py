@@ -1,4 +1,4 @@
-"""Linearised three-phase network (``gridflex.linearised``, ``linear3ph``) and the feasibility layer."""
+"""Linearised three-phase network (``gridflex.network.linearised``, ``linear3ph``) and the feasibility layer."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from gridflex.linearised import linearise
-from gridflex.powerflow import build_network, solve_power_flow
+from gridflex.network.linearised import linearise
+from gridflex.network.powerflow import build_network, solve_power_flow
 
 INJ = ["671.1", "671.2", "671.3", "675.1", "634.1", "652.1"]
 
 
 @pytest.fixture(scope="module")
 def grid():
-    from gridflex.feeder_cache import load_feeder
-    from gridflex.grid_build import build_grid
+    from gridflex.runs.feeder_cache import load_feeder
+    from gridflex.network.grid_build import build_grid
     from gridflex.scenario import resolve_feeder_file, shipped_scenarios_dir
 
     path = resolve_feeder_file("ieee13", shipped_scenarios_dir())
@@ -94,7 +94,7 @@ def test_linear3ph_has_the_ac3ph_interface(grid):
 @pytest.fixture(scope="module")
 def layer(grid, linear):
     pytest.importorskip("cvxpylayers")
-    from gridflex.feasibility import FeasibilityLayer
+    from gridflex.network.feasibility import FeasibilityLayer
 
     net, lin = linear
     monitors = [grid.node_index(n) for n in ("671.1", "671.2", "671.3", "675.1", "675.2", "634.1", "692.3")]

@@ -8,16 +8,16 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import spsolve
 
-from gridflex.network_equations import NetworkEquations
-from gridflex.powerflow import build_network
-from gridflex.powerflow.result import solve_power_flow
+from gridflex.network.equations import NetworkEquations
+from gridflex.network.powerflow import build_network
+from gridflex.network.powerflow.result import solve_power_flow
 
 
 @pytest.fixture(scope="module")
 def case():
-    from gridflex.plugins import load_registry
+    from gridflex.plugins.registry import load_registry
     from gridflex.scenario import default_scenario_path, load_scenario
-    from gridflex.world import build_world
+    from gridflex.runs.world import build_world
 
     pm, registry = load_registry()
     env = build_world(load_scenario(default_scenario_path(), [], registry), registry, pm).env
@@ -93,7 +93,7 @@ def test_merged_model_with_offsets_is_exact_at_the_point(case):
 
 
 def test_pattern_rejects_entries_outside_it():
-    from gridflex.network_equations import SparsePattern
+    from gridflex.network.equations import SparsePattern
 
     pattern = SparsePattern.from_mask(np.eye(3, dtype=bool))
     assert pattern.values(np.stack([np.diag([1.0, 2.0, 3.0])])).ravel().tolist() == [1.0, 2.0, 3.0]

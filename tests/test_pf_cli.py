@@ -14,7 +14,7 @@ from opendss_oracle import feeder_path
 
 @pytest.fixture(scope="module")
 def pf123(tmp_path_factory):
-    from gridflex.cli import main
+    from gridflex.cli.main import main
 
     out = tmp_path_factory.mktemp("pf") / "ieee123.json"
     assert main(["pf", "ieee123", "--json", str(out)]) == 0
@@ -56,7 +56,7 @@ def test_runs_from_the_cache_with_the_engine_blocked(tmp_path):
     out = tmp_path / "pf.json"
     code = (
         "import sys; sys.modules['dss'] = None; sys.modules['opendssdirect'] = None\n"
-        "from gridflex.cli import main\n"
+        "from gridflex.cli.main import main\n"
         f"rc = main(['pf', 'ieee13', '--taps', 'opendss', '--json', {str(out)!r}])\n"
         "assert 'dss' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "sys.exit(rc)\n"

@@ -10,10 +10,10 @@ import types
 
 import pytest
 
-from gridflex.components import DeviceModel, StrictConfig
+from gridflex.plugins.contracts import DeviceModel, StrictConfig
 from gridflex.errors import PluginError
-from gridflex.hookspecs import hookimpl
-from gridflex.plugins import Registry, get_plugin_manager, load_registry
+from gridflex.plugins.hookspecs import hookimpl
+from gridflex.plugins.registry import Registry, get_plugin_manager, load_registry
 
 BUILTIN_COMPONENTS = {("solver", "ac3ph"), ("feeder_reader", "dss")}
 
@@ -84,8 +84,8 @@ def test_cli_plugins_lists_builtins(cli):
 
 THIRD_PARTY_MODULE = '''
 from pydantic import Field
-from gridflex.components import DeviceModel, StrictConfig
-from gridflex.hookspecs import hookimpl
+from gridflex.plugins.contracts import DeviceModel, StrictConfig
+from gridflex.plugins.hookspecs import hookimpl
 
 
 class Dehumidifier(DeviceModel):
@@ -125,7 +125,7 @@ def test_third_party_distribution_is_discovered_and_used(tmp_path):
 
     def gridflex(*argv):
         return subprocess.run(
-            [sys.executable, "-m", "gridflex.cli", *argv], capture_output=True, text=True, env=env,
+            [sys.executable, "-m", "gridflex.cli.main", *argv], capture_output=True, text=True, env=env,
             timeout=120,
         )
 
@@ -141,7 +141,7 @@ def test_third_party_distribution_is_discovered_and_used(tmp_path):
     assert "devices[0].params.p_max_kw" in rejected.stderr
 
     blocked = subprocess.run(
-        [sys.executable, "-m", "gridflex.cli", "validate", str(scenario)],
+        [sys.executable, "-m", "gridflex.cli.main", "validate", str(scenario)],
         capture_output=True, text=True, env={**env, "GRIDFLEX_BLOCK_PLUGINS": "acme"}, timeout=120,
     )
     assert blocked.returncode == 2 and "unknown device 'dehumidifier'" in blocked.stderr

@@ -7,7 +7,7 @@ import copy
 
 import torch
 
-from gridflex.policies import FleetPolicy, clip_grad_norm_per_agent_
+from gridflex.learning.policies import FleetPolicy, clip_grad_norm_per_agent_
 
 N, K, D = 4, 5, 2
 
@@ -101,7 +101,7 @@ def test_per_agent_clip_bounds_each_agent_norm():
     obs = torch.randn(6, N, K, dtype=torch.float64)
     (policy(obs) * torch.tensor([1.0, 10.0, 100.0, 1e-6])[:, None]).sum().backward()
     before = clip_grad_norm_per_agent_(policy.mlp.parameters(), 0.5)
-    from gridflex.policies import per_agent_grad_norm
+    from gridflex.learning.policies import per_agent_grad_norm
 
     after = per_agent_grad_norm(policy.mlp.parameters())
     expected = torch.minimum(before, torch.full_like(before, 0.5))

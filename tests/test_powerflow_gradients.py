@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gridflex.powerflow import AdjointReport, SolveOptions, build_network, solve_power_flow
-from gridflex.powerflow import zbus
+from gridflex.network.powerflow import AdjointReport, SolveOptions, build_network, solve_power_flow
+from gridflex.network.powerflow import zbus
 from opendss_oracle import PUBLISHED_TAPS, feeder_path, tap_commands
 
 TIGHT = SolveOptions(tol_pu=1e-13, max_iter=200, adjoint_tol=1e-13, adjoint_max_iter=400)
@@ -22,8 +22,8 @@ TIGHT = SolveOptions(tol_pu=1e-13, max_iter=200, adjoint_tol=1e-13, adjoint_max_
 def make_grid(feeder: str):
     """The project's Grid (feeder cache, no engine needed) or, failing that, the engine's."""
     try:
-        from gridflex.feeder_cache import load_feeder
-        from gridflex.grid_build import build_grid
+        from gridflex.runs.feeder_cache import load_feeder
+        from gridflex.network.grid_build import build_grid
 
         return build_grid(load_feeder(feeder_path(feeder), taps="file"), PUBLISHED_TAPS[feeder])
     except ImportError:

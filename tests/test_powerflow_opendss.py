@@ -2,7 +2,7 @@
 
 Engine at tolerance 1e-10, control off, taps fixed (Kersting's published taps). Grids come from
 the engine's own element primitives (``opendss_oracle.grid_from_engine``) and, where the feeder
-import is available, from ``gridflex.grid_build.build_grid``: both paths cross-check each other.
+import is available, from ``gridflex.network.grid_build.build_grid``: both paths cross-check each other.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from gridflex.powerflow import SolveOptions, build_network, solve_power_flow
+from gridflex.network.powerflow import SolveOptions, build_network, solve_power_flow
 from opendss_oracle import PUBLISHED_TAPS, EngineCase, feeder_path, tap_commands
 
 pytestmark = pytest.mark.opendss
@@ -211,7 +211,7 @@ def test_float32_voltages(cases):
 
 
 def test_plugin_registers_and_solves(cases):
-    from gridflex.plugins import load_registry
+    from gridflex.plugins.registry import load_registry
 
     registry = load_registry()[1]
     solver_cls = registry.get("solver", "ac3ph")
@@ -227,19 +227,19 @@ def test_plugin_registers_and_solves(cases):
 
 def _grid_build_available() -> bool:
     try:
-        from gridflex.feeder_cache import load_feeder  # noqa: F401
-        from gridflex.grid_build import build_grid  # noqa: F401
+        from gridflex.runs.feeder_cache import load_feeder  # noqa: F401
+        from gridflex.network.grid_build import build_grid  # noqa: F401
     except ImportError:
         return False
     return True
 
 
-@pytest.mark.skipif(not _grid_build_available(), reason="gridflex.grid_build not available")
+@pytest.mark.skipif(not _grid_build_available(), reason="gridflex.network.grid_build not available")
 @pytest.mark.parametrize("feeder", ["ieee13", "ieee34_mod1", "ieee123"])
 def test_grid_build_path_matches_engine(feeder):
     """The project's own Grid (feeder import + build_grid) solved by ac3ph vs the engine."""
-    from gridflex.feeder_cache import load_feeder
-    from gridflex.grid_build import build_grid
+    from gridflex.runs.feeder_cache import load_feeder
+    from gridflex.network.grid_build import build_grid
 
     grid = build_grid(load_feeder(feeder_path(feeder), taps="file"), PUBLISHED_TAPS[feeder])
     case = EngineCase(feeder_path(feeder), tap_commands(PUBLISHED_TAPS[feeder]))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gridflex import profiles as gp
+from gridflex.fleet import profiles as gp
 
 N_AGENTS = 200
 
@@ -176,6 +176,6 @@ def test_docs_summary_table_is_current():
     table = re.search(r"<!-- summary:start -->\n(.*?)<!-- summary:end -->", doc, re.S)
     assert table, "docs/data.md lacks the summary markers"
     assert table.group(1).strip() == gp.summary_markdown().strip(), (
-        "docs/data.md summary is stale: paste the output of `python -m gridflex.profiles`")
+        "docs/data.md summary is stale: paste the output of `python -m gridflex.fleet.profiles`")
     sources = re.search(r"<!-- sources:start -->\n(.*?)<!-- sources:end -->", doc, re.S)
     assert sources and sources.group(1).strip() == gp.sources_markdown().strip()

@@ -16,9 +16,9 @@ TINY = ["devices[0].count=4", "devices[1].count=4", "devices[2].count=4", "data.
 
 @pytest.fixture(scope="module")
 def world():
-    from gridflex.plugins import load_registry
+    from gridflex.plugins.registry import load_registry
     from gridflex.scenario import default_scenario_path, load_scenario
-    from gridflex.world import build_world
+    from gridflex.runs.world import build_world
 
     pm, registry = load_registry()
     loaded = load_scenario(default_scenario_path(), TINY, registry)
@@ -27,8 +27,8 @@ def world():
 
 @pytest.fixture(scope="module")
 def rollouts(world):
-    from gridflex.evaluate import held_out_days
-    from gridflex.metrics import evaluation_metrics
+    from gridflex.runs.evaluate import held_out_days
+    from gridflex.learning.metrics import evaluation_metrics
 
     w, registry = world
     env = w.env
@@ -71,9 +71,9 @@ def test_reference_schedule_respects_devices(world, rollouts):
 
 
 def test_targets_writes_the_sidecar(tmp_path, cli):
-    from gridflex.plugins import load_registry
+    from gridflex.plugins.registry import load_registry
     from gridflex.scenario import default_scenario_path, load_scenario
-    from gridflex.targets import read_target, targets_key
+    from gridflex.learning.targets import read_target, targets_key
 
     scenario = tmp_path / "ieee13_small.yaml"
     shutil.copy(default_scenario_path(), scenario)

@@ -1,4 +1,4 @@
-"""Per-sample regulator taps in one batched solve (``gridflex.powerflow.taps.TapBank``, Woodbury on the regulators'
+"""Per-sample regulator taps in one batched solve (``gridflex.network.powerflow.taps.TapBank``, Woodbury on the regulators'
 terminals) against the reference path: one network per tap state (``TapSolvers.grouped``).
 
 The reference here is built with ``build_network(..., precise=True)``: the same refined Z and
@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from gridflex.feeder_cache import load_feeder
-from gridflex.grid_build import GridAssembler
-from gridflex.powerflow import SolveOptions, build_network, solve_power_flow
-from gridflex.powerflow import precision, zbus
-from gridflex.powerflow import taps as taps_mod
-from gridflex.regulators import TapSolvers, position_limits, regulator_tables
+from gridflex.runs.feeder_cache import load_feeder
+from gridflex.network.grid_build import GridAssembler
+from gridflex.network.powerflow import SolveOptions, build_network, solve_power_flow
+from gridflex.network.powerflow import precision, zbus
+from gridflex.network.powerflow import taps as taps_mod
+from gridflex.network.regulators import TapSolvers, position_limits, regulator_tables
 from opendss_oracle import feeder_path
 
 TIGHT = SolveOptions(tol_pu=1e-12, max_iter=200, adjoint_tol=1e-12, adjoint_max_iter=400)

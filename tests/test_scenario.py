@@ -194,7 +194,7 @@ def test_messages_use_an_before_vowels(tmp_path):
 
 
 def test_range_field_given_a_scalar_says_a_range_is_expected(tmp_path):
-    from gridflex.plugins import load_registry
+    from gridflex.plugins.registry import load_registry
 
     data = {"name": "b", "feeder": {"file": "ieee13"},
             "devices": [{"type": "battery", "count": 2, "params": {"capacity_kwh": 10}}]}

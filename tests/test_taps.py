@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from gridflex.metrics import evaluation_metrics
-from gridflex.plugins import load_registry
+from gridflex.learning.metrics import evaluation_metrics
 from gridflex.scenario import load_scenario
-from gridflex.training import Trainer, validation_days_exogenous
-from gridflex.world import build_world
+from gridflex.learning.training import Trainer, validation_days_exogenous
+from gridflex.runs.world import build_world
 
 TINY = """
 name: taps13
@@ -79,9 +78,9 @@ def load_calibrate():
 
 @pytest.mark.parametrize("treatment", TREATMENTS)
 def test_one_treatment_from_calibration_to_test(setup, treatment, tmp_path, monkeypatch):
-    from gridflex.evaluate import held_out_days
-    from gridflex.run import execute_run
-    from gridflex.targets import compute_targets
+    from gridflex.runs.evaluate import held_out_days
+    from gridflex.runs.run import execute_run
+    from gridflex.learning.targets import compute_targets
 
     path, pm, registry, frozen = setup
     override = [f"feeder.tap_treatment={treatment}"]
@@ -150,9 +149,9 @@ def test_one_treatment_from_calibration_to_test(setup, treatment, tmp_path, monk
 
 
 def test_settled_taps_are_cached_with_provenance(setup, tmp_path, monkeypatch):
-    import gridflex.world
+    import gridflex.runs.world
 
-    monkeypatch.setattr(gridflex.world, "SETTLED_CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(gridflex.runs.world, "SETTLED_CACHE_DIR", tmp_path / "cache")
     path, pm, registry, _ = setup
     loaded = load_scenario(path, ["feeder.tap_treatment=settled"], registry)
     record_path = path.parent / "taps13.taps.json"

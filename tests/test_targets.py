@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from gridflex.plugins import load_registry
+from gridflex.plugins.registry import load_registry
 from gridflex.scenario import default_scenario_path, load_scenario
-from gridflex.targets import find_sidecar, read_target, targets_key, violation_only_line
+from gridflex.learning.targets import find_sidecar, read_target, targets_key, violation_only_line
 
 
 @pytest.fixture(scope="module")

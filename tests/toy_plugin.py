@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from gridflex.components import DeviceModel, Learner, StrictConfig
-from gridflex.hookspecs import hookimpl
+from gridflex.plugins.contracts import DeviceModel, Learner, StrictConfig
+from gridflex.plugins.hookspecs import hookimpl
 
 
 class ToyStore(DeviceModel):

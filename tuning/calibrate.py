@@ -3,7 +3,7 @@
 
 For each candidate (a set of dotted overrides of the scenario), run ``no_control`` on the
 scenario's validation days with the exact AC solver and compute the fleet-authority bound
-(:mod:`gridflex.authority`). A candidate *qualifies* when, all at once:
+(:mod:`gridflex.learning.authority`). A candidate *qualifies* when, all at once:
 
 * ``no_control`` violates 2-10 % of the validation node-hours under the scenario's own tap
   treatment (``feeder.tap_treatment``: frozen, settled or regulated; the rate with the
@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gridflex.authority import authority_bound, describe
-from gridflex.evaluate import Evaluation, evaluate, validation_days
-from gridflex.plugins import load_registry
+from gridflex.learning.authority import authority_bound, describe
+from gridflex.runs.evaluate import Evaluation, evaluate, validation_days
+from gridflex.plugins.registry import load_registry
 from gridflex.scenario import load_scenario
-from gridflex.world import World, build_world
+from gridflex.runs.world import World, build_world
 
 LOW, HIGH = 0.02, 0.10  # no_control violation rate under the scenario's tap treatment
 MAX_UNFIXABLE = 0.001  # authority bound: unfixable node-hours and conductor-hours
@@ -54,7 +54,7 @@ EARLIER_HEADING = "## Earlier records"
 def scenario_tap_treatment(world: World, result: Evaluation):
     """``(label, metrics, rollout, taps)`` of ``no_control`` under the scenario's tap treatment.
 
-    :func:`gridflex.evaluate.evaluate` rolls out under the scenario's treatment
+    :func:`gridflex.runs.evaluate.evaluate` rolls out under the scenario's treatment
     (``result.metrics``): with fixed taps (frozen or settled) ``rollout.taps`` is ``None`` and
     the bound solves at the environment's taps; under ``regulated`` it holds the per-sample taps
     ``[B, T, n_reg]`` the tap controller chose, and the bound solves every sweep point at those.
@@ -214,7 +214,7 @@ def main() -> None:
         f"`no_control` violates [{LOW:.0%}, {HIGH:.0%}] of the monitored node-hours under the scenario's "
         f"tap treatment, **and** the fleet-authority bound leaves <= {MAX_UNFIXABLE:.1%} of node-hours and "
         f"<= {MAX_UNFIXABLE:.1%} of rated conductor-hours unfixable, **and** no conductor exceeds "
-        f"{MAX_LOADING}x its rating under `no_control`. The bound (`gridflex/authority.py`, {args.points} "
+        f"{MAX_LOADING}x its rating under `no_control`. The bound (`gridflex/learning/authority.py`, {args.points} "
         "points): the whole fleet swept from every device at its voltage-lowering extreme through "
         "`no_control` to its voltage-raising extreme (energy and comfort limits relaxed, ratings kept); "
         "an element is unfixable when it is violated at every point. It is optimistic per element "

@@ -5,7 +5,7 @@ Models, parameters with sources, sign convention and reference controllers: ``do
 
 from __future__ import annotations
 
-from gridflex.hookspecs import hookimpl
+from gridflex.plugins.hookspecs import hookimpl
 
 from .battery import Battery
 from .generator import Generator

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from gridflex.components import ConvexFleet, DeviceModel, StepInputs, StrictConfig
+from gridflex.plugins.contracts import ConvexFleet, DeviceModel, StepInputs, StrictConfig
 
 from ._inverter import q_from_u, reactive_limit_kvar, u_from_q, volt_var_injection_frac
 from ._sampling import (EfficiencyRange, FractionRange, NonNegativeRange, OversizeRange,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from gridflex.components import ConvexFleet, DeviceModel, StepInputs, StrictConfig
+from gridflex.plugins.contracts import ConvexFleet, DeviceModel, StepInputs, StrictConfig
 
 from ._inverter import (q_from_u, reactive_limit_kvar, u_from_q, volt_var_injection_frac,
                         volt_watt_limit_frac)

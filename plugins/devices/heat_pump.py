@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from gridflex.components import ConvexFleet, DeviceModel, StepInputs, StrictConfig
+from gridflex.plugins.contracts import ConvexFleet, DeviceModel, StepInputs, StrictConfig
 
 from ._sampling import (EfficiencyRange, OversizeRange, PositiveRange, Range, check_below,
                         sample_ranges)

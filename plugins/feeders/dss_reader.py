@@ -2,7 +2,7 @@
 
 The engine does all the reading (no .dss parser here); this module only asks it for each
 element's data. The engine is imported inside :func:`read_dss_feeder`, never at module import, so
-machines without dss-python can still load cached feeders (``gridflex.feeder_cache``).
+machines without dss-python can still load cached feeders (``gridflex.runs.feeder_cache``).
 
 Regulator taps (``taps``):
 
@@ -31,9 +31,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from gridflex.components import FeederReader
+from gridflex.plugins.contracts import FeederReader
 from gridflex.errors import UserError
-from gridflex.feeder import (
+from gridflex.network.feeder import (
     LINE_UNITS,
     TAPS_MODES,
     Bus,
@@ -46,7 +46,7 @@ from gridflex.feeder import (
     Vsource,
     Winding,
 )
-from gridflex.hookspecs import hookimpl
+from gridflex.plugins.hookspecs import hookimpl
 
 SUPPORTED_CLASSES = {"vsource", "line", "transformer", "regcontrol", "capacitor", "load"}
 IGNORED_CLASSES = {"energymeter", "monitor"}  # measurement only, no effect on the network

@@ -17,8 +17,8 @@ from typing import ClassVar
 
 import torch
 
-from gridflex.components import Learner, StepInputs, StrictConfig
-from gridflex.hookspecs import hookimpl
+from gridflex.plugins.contracts import Learner, StepInputs, StrictConfig
+from gridflex.plugins.hookspecs import hookimpl
 
 
 class _Baseline(Learner):

@@ -5,7 +5,7 @@ Per day, one convex program over all devices and steps with full knowledge of th
 
     min  sum_t price_t dt P_src,t  +  device costs  +  w_V sum(sigma_V) dt + w_I sum(sigma_I) dt
          + w_comfort (discomfort degC h)
-    s.t. every fleet's :meth:`~gridflex.components.DeviceModel.convex_model` (dynamics, local
+    s.t. every fleet's :meth:`~gridflex.plugins.contracts.DeviceModel.convex_model` (dynamics, local
          limits, end-of-day conditions);
          nodal injections P, Q [n_inj, T] = PV + sum_f A_f p_f (sparse agent -> node map);
          Y v_t + J_t (v_t - v*_t) + W_t (s_t - s*_t) = i_norton - drawn(v*_t, s*_t)   (all nodes)
@@ -13,7 +13,7 @@ Per day, one convex program over all devices and steps with full knowledge of th
          || Yprim v_t / I_max ||_2 <= 1 + sigma_I                                  (rated conductors)
          P_src,t ~ P*_src,t + grad P*_src,t . (v_src,t - v*_src,t)                  (kW)
 
-with the sparse linearised AC equations of :mod:`gridflex.network_equations` (node voltages as
+with the sparse linearised AC equations of :mod:`gridflex.network.equations` (node voltages as
 variables, stiff switches and regulators eliminated as ideal). It is built **once** per
 environment as a DPP cvxpy problem: the day's data (PV, temperatures, prices) and the operating
 point's values (Jacobians, magnitude directions, offsets) enter only as Parameters, and each solve
@@ -48,9 +48,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from gridflex.components import Learner, StepInputs, StrictConfig
+from gridflex.plugins.contracts import Learner, StepInputs, StrictConfig
 from gridflex.errors import UserError
-from gridflex.hookspecs import hookimpl
+from gridflex.plugins.hookspecs import hookimpl
 
 
 #: tolerances fit for a plan whose cost is in EUR/day and voltages in pu (Clarabel's defaults,
@@ -155,8 +155,8 @@ class ReferenceOPF:
         import cvxpy as cp
         import scipy.sparse as sp
 
-        from gridflex.network_equations import NetworkEquations
-        from gridflex.powerflow import build_network
+        from gridflex.network.equations import NetworkEquations
+        from gridflex.network.powerflow import build_network
 
         t0 = time.perf_counter()
         self.env, self.config, self.steps, self.dt_h, self.cp = env, config, steps, dt_h, cp
@@ -189,7 +189,7 @@ class ReferenceOPF:
         self.q_nodes = cp.Variable((n_inj, steps), name="q_nodes_kvar")
         constraints += [self.p_nodes == p_nodes, self.q_nodes == q_nodes]
 
-        # network: sparse linearised equations in the node voltages x [2n, T] (gridflex.network_equations);
+        # network: sparse linearised equations in the node voltages x [2n, T] (gridflex.network.equations);
         # operating-point values and the day's data are Parameters
         self.n_lines_dropped, self.i_slack = 0, None
         par = lambda shape, name: cp.Parameter(shape, name=name)  # noqa: E731

@@ -1,6 +1,6 @@
 """``ac3ph``: the exact three-phase AC power flow (Z-bus fixed point, implicit gradients).
 
-Numerics live in :mod:`gridflex.powerflow`; this plugin binds them to a :class:`~gridflex.grid.Grid`
+Numerics live in :mod:`gridflex.network.powerflow`; this plugin binds them to a :class:`~gridflex.network.grid.Grid`
 and a validated config. No cvxpy, no OpenDSS engine: it runs on a bare GPU machine.
 """
 
@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from gridflex.components import NetworkSolver, StrictConfig
-from gridflex.grid import Grid
-from gridflex.hookspecs import hookimpl
-from gridflex.powerflow import AdjointReport, PowerFlowResult, SolveOptions, build_network, solve_power_flow
-from gridflex.powerflow.taps import RegulatorTable, build_tap_bank
+from gridflex.plugins.contracts import NetworkSolver, StrictConfig
+from gridflex.network.grid import Grid
+from gridflex.plugins.hookspecs import hookimpl
+from gridflex.network.powerflow import AdjointReport, PowerFlowResult, SolveOptions, build_network, solve_power_flow
+from gridflex.network.powerflow.taps import RegulatorTable, build_tap_bank
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -110,7 +110,7 @@ class AC3PhSolver(NetworkSolver):
         """Let :meth:`solve` take per-sample regulator ``taps``: ``tables`` hold each regulator's
         primitive at every position, ``base_taps`` the positions of this solver's grid. Every
         tap state is then a rank-k update of this one network (Woodbury; see
-        :mod:`gridflex.powerflow.zbus`), so samples at different taps share one batched solve."""
+        :mod:`gridflex.network.powerflow.zbus`), so samples at different taps share one batched solve."""
         build_tap_bank(self.network, self.grid, tables, base_taps)
 
     @property

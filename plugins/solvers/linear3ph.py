@@ -1,6 +1,6 @@
 """``linear3ph``: the linearised three-phase network (docs/design.md §2) behind the ``ac3ph`` interface.
 
-Numerics in :mod:`gridflex.linearised`. The model is linearised once, at construction, around the
+Numerics in :mod:`gridflex.network.linearised`. The model is linearised once, at construction, around the
 no-load or base-case AC solution (``point``), or later around any operating point
 (:meth:`Linear3PhSolver.relinearise`). :meth:`solve` evaluates it batched and differentiably:
 
@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from gridflex.components import NetworkSolver, StrictConfig
-from gridflex.grid import Grid
-from gridflex.hookspecs import hookimpl
-from gridflex.linearised import LinearNetwork, linearise
-from gridflex.powerflow import PowerFlowResult, build_network
+from gridflex.plugins.contracts import NetworkSolver, StrictConfig
+from gridflex.network.grid import Grid
+from gridflex.plugins.hookspecs import hookimpl
+from gridflex.network.linearised import LinearNetwork, linearise
+from gridflex.network.powerflow import PowerFlowResult, build_network
 
 
 class Linear3PhSolver(NetworkSolver):

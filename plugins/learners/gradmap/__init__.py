@@ -6,7 +6,7 @@ One plugin package: shared code in :mod:`.lagrangian` (Lagrangian, duals, dual a
 
 from __future__ import annotations
 
-from gridflex.hookspecs import hookimpl
+from gridflex.plugins.hookspecs import hookimpl
 
 from .learners import LEARNERS
 

@@ -45,7 +45,7 @@ of entries at ``lam_max`` (written to ``history.csv``).
 
 Network term ``feasibility_distance`` (option ``network_term``; docs/design.md §2c, issue #6): the two
 AC groups are replaced by **one hourly dual** ``lam_F [H]`` on the squared distance of the step's
-joint nodal injections to the linearised feasible set (:mod:`gridflex.feasibility`, training
+joint nodal injections to the linearised feasible set (:mod:`gridflex.network.feasibility`, training
 voltage limits, line limits as configured)::
 
     sum_{t} lam_F[h(t)] g_F[b,t],   g_F = ||(y*(x_bt) - x_bt) / s||^2
@@ -71,8 +71,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from gridflex.env import Environment, Rollout
-from gridflex.metrics import day_costs, network_terms
+from gridflex.learning.environment import Environment, Rollout
+from gridflex.learning.metrics import day_costs, network_terms
 
 
 FAMILIES = ("voltage", "line", "local", "terminal", "feasibility")
@@ -224,9 +224,9 @@ class FeasibilityTerm:
 
     def __init__(self, env: Environment, v_limits_pu: tuple[float, float], line_limits: bool,
                  voltage_scale_pu: float, scale_kw: float | None = None):
-        from gridflex.feasibility import FeasibilityLayer
-        from gridflex.linearised import linearise
-        from gridflex.powerflow import build_network
+        from gridflex.network.feasibility import FeasibilityLayer
+        from gridflex.network.linearised import linearise
+        from gridflex.network.powerflow import build_network
 
         net = build_network(env.grid, env.injection_nodes)
         linear = linearise(net, np.ones(net.n_loads))

@@ -1,6 +1,6 @@
 """GradMAP and the gradient-based self-supervised baselines (docs/design.md §3), on shared code.
 
-All four learners hold independent per-agent policies (:class:`gridflex.policies.PolicySet`),
+All four learners hold independent per-agent policies (:class:`gridflex.learning.policies.PolicySet`),
 the dual variables of :mod:`.lagrangian`, one Adam optimiser (per-parameter-element, so it does
 not couple agents) and per-agent gradient clipping. They differ in how the environment gradient
 reaches the policies:
@@ -40,9 +40,9 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from gridflex.components import StepInputs
-from gridflex.policies import PolicySet, clip_grad_norm_per_agent_
-from gridflex.training import TrainableLearner, Trainer, TrainingConfig
+from gridflex.plugins.contracts import StepInputs
+from gridflex.learning.policies import PolicySet, clip_grad_norm_per_agent_
+from gridflex.learning.training import TrainableLearner, Trainer, TrainingConfig
 
 from .lagrangian import FAMILIES, DualAscent, DualInit, Duals, FeasibilityTerm, lagrangian
 from .surrogate import fit_policies, normalise_gradient, proximal_targets

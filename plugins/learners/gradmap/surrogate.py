@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gridflex.policies import FleetPolicy, clip_grad_norm_per_agent_
+from gridflex.learning.policies import FleetPolicy, clip_grad_norm_per_agent_
 
 
 @dataclass

@@ -3,12 +3,12 @@
 Modules, one job each: :mod:`.agents` (stacked per-agent Gaussian actors and critics, the
 squashing and its log-probability), :mod:`.ppo` (GAE and the clipped update, vectorised over
 agents), :mod:`.rewards` (the shaped per-agent reward from a rollout), :mod:`.learner` (the
-learner on :mod:`gridflex.training`'s loop). Documentation: docs/ippo.md.
+learner on :mod:`gridflex.learning.training`'s loop). Documentation: docs/ippo.md.
 """
 
 from __future__ import annotations
 
-from gridflex.hookspecs import hookimpl
+from gridflex.plugins.hookspecs import hookimpl
 
 from .learner import LEARNERS
 

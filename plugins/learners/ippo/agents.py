@@ -3,7 +3,7 @@
 Agent ``i`` of a fleet of ``N`` agents owns
 
 * an **actor**: the mean ``mu_i(o) in R^d`` of a diagonal Gaussian over a pre-squash action
-  ``x``, computed by :class:`gridflex.policies.FleetPolicy`'s per-agent normaliser and stacked
+  ``x``, computed by :class:`gridflex.learning.policies.FleetPolicy`'s per-agent normaliser and stacked
   MLP (its logits, plus a constant offset), and its own state-independent log-std
   ``log_sigma_i in R^d``;
 * a **critic**: ``V_i(o)`` (a stacked MLP with one output), fed with the same per-agent
@@ -12,7 +12,7 @@ Agent ``i`` of a fleet of ``N`` agents owns
 Nothing is shared: every parameter tensor has the agent index as its leading dimension
 (``weight [N, fan_in, fan_out]``, ``log_std [N, d]``), and agent ``i``'s outputs read only row
 ``i`` of the observations. The observation statistics are agent ``i``'s own
-(:class:`gridflex.policies.AgentNormaliser`).
+(:class:`gridflex.learning.policies.AgentNormaliser`).
 
 **Bounded actions and the log-probability** (``squash``). The device needs ``u in [0, 1]^d``.
 Two exact choices, selected per learner:
@@ -49,7 +49,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gridflex.policies import FleetPolicy, StackedMLP
+from gridflex.learning.policies import FleetPolicy, StackedMLP
 
 LOG_2PI = math.log(2.0 * math.pi)
 

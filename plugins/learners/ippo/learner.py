@@ -33,9 +33,9 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from gridflex.components import StepInputs
-from gridflex.policies import clip_grad_norm_per_agent_
-from gridflex.training import TrainableLearner, Trainer, TrainingConfig
+from gridflex.plugins.contracts import StepInputs
+from gridflex.learning.policies import clip_grad_norm_per_agent_
+from gridflex.learning.training import TrainableLearner, Trainer, TrainingConfig
 
 from .agents import FleetActorCritic
 from .ppo import PPOSettings, explained_variance, fleet_batch, gae, ppo_update, to_agent_major

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gridflex.policies import clip_grad_norm_per_agent_
+from gridflex.learning.policies import clip_grad_norm_per_agent_
 
 from .agents import FleetActorCritic
 

@@ -49,8 +49,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gridflex.env import Environment, Rollout
-from gridflex.metrics import day_costs, network_terms
+from gridflex.learning.environment import Environment, Rollout
+from gridflex.learning.metrics import day_costs, network_terms
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,350 @@
+"""One execution of a scenario: build everything it names, then (with a learner) train and evaluate."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import yaml
+
+from gridflex.errors import UserError
+from gridflex.scenario import LoadedScenario
+
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def check_device(requested: str, where: str = "--device") -> str:
+    """``requested`` if it is one of :data:`DEVICES` and usable here, else a :class:`UserError`."""
+    if requested not in DEVICES:
+        raise UserError(
+            f"{where} {requested!r} is not a device gridflex knows; allowed: cpu (always), cuda "
+            "(an NVIDIA GPU with a CUDA build of PyTorch) or auto (cuda when available, else cpu)"
+        )
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"{where} 'cuda' requested but CUDA is not available on this machine (torch "
+            f"{torch.__version__}, cuda build: {torch.version.cuda or 'no'}); allowed here: cpu or "
+            "auto (which falls back to cpu)"
+        )
+    return requested
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``"cpu"``, ``"cuda"`` (must exist) or ``"auto"`` -> a torch device."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(check_device(requested, "device"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Run folders: what a run writes, when --out may be (re)used, --resume and --force
+# ------------------------------------------------------------------------------------------------
+
+RESOLVED = "scenario.resolved.yaml"
+#: Files and folders a ``gridflex run`` writes into its --out folder (``--force`` removes these).
+RUN_FILES = ("metrics.json", "history.csv", "history.csv.tmp", "checkpoint.pt", "checkpoint.pt.tmp",
+             "policy.pt", "policy.pt.tmp", "schedules.npz", "monitored_nodes.txt",
+             "learner_extras.json", RESOLVED, "plan.txt")
+RUN_DIRS = ("baselines", "plots")
+#: Keys of the resolved scenario that may change when a run is resumed: the budget only.
+RESUME_FREE_KEYS = ("learner.params.budget_seconds", "learner.params.budget_iterations")
+RESUME_RULE = ("on --resume only learner.params.budget_seconds and learner.params.budget_iterations "
+               "may differ from the run folder's scenario.resolved.yaml (to extend or shorten the "
+               "budget); every other key shapes what is trained and must match")
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out or {prefix: {}}
+    if isinstance(value, list) and value and any(isinstance(v, (dict, list)) for v in value):
+        out = {}
+        for i, item in enumerate(value):
+            out.update(_flatten(item, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
+def scenario_differences(old: dict, new: dict, free: tuple[str, ...] = RESUME_FREE_KEYS) -> list[str]:
+    """Dotted keys (``devices[0].count``) whose values differ between two resolved scenarios,
+    except ``free`` ones, each as ``key (run folder: X, now: Y)``."""
+    a, b = _flatten(old), _flatten(new)
+    missing = object()
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in free:
+            continue
+        x, y = a.get(key, missing), b.get(key, missing)
+        if x != y:
+            show = lambda v: "absent" if v is missing else json.dumps(v)  # noqa: E731
+            diffs.append(f"{key} (run folder: {show(x)}, now: {show(y)})")
+    return diffs
+
+
+def _resolved_dict(loaded: LoadedScenario) -> dict:
+    """The resolved scenario exactly as :meth:`RunPlan.write` stores it (after a YAML round trip)."""
+    return yaml.safe_load(yaml.safe_dump(loaded.config.model_dump(mode="json"), sort_keys=False))
+
+
+def check_resume(loaded: LoadedScenario, out_dir: Path) -> dict:
+    """Refuse (:class:`UserError`) to resume ``out_dir`` unless it holds a readable checkpoint of
+    the same training configuration (:data:`RESUME_RULE`); returns the checkpoint. Reads only."""
+    from gridflex.learning.training import CHECKPOINT, read_checkpoint
+
+    if not out_dir.is_dir():
+        raise UserError(f"--resume: run folder {out_dir} does not exist"
+                        + (" (it is a file)" if out_dir.exists() else "")
+                        + "; --out must name the folder of an earlier `gridflex run --out` to continue")
+    if not (out_dir / CHECKPOINT).is_file():
+        raise UserError(f"--resume: {out_dir} holds no {CHECKPOINT}, so there is nothing to continue; "
+                        "give --out the folder of a run that trained (it writes a checkpoint at every "
+                        "validation point), or drop --resume to start a new run")
+    resolved = out_dir / RESOLVED
+    if not resolved.is_file():
+        raise UserError(f"--resume: {out_dir} has {CHECKPOINT} but no {RESOLVED}, so gridflex cannot "
+                        "check that the scenario is the one it was trained with; restore the file or "
+                        "start over with --force")
+    try:
+        old = yaml.safe_load(resolved.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"--resume: {resolved} is not readable YAML ({exc.__class__.__name__}); "
+                        "restore it or start over with --force") from None
+    diffs = scenario_differences(old if isinstance(old, dict) else {}, _resolved_dict(loaded))
+    if diffs:
+        raise UserError(f"--resume: the scenario differs from the one {out_dir} was trained with in "
+                        f"{len(diffs)} training-relevant key(s): {'; '.join(diffs)}. Rule: {RESUME_RULE}. "
+                        "Nothing was changed; use the same scenario and overrides, or another --out "
+                        "(or --force to replace this run)")
+    return read_checkpoint(out_dir / CHECKPOINT, map_location="cpu")
+
+
+def existing_run_outputs(out_dir: Path) -> list[str]:
+    """Names of the run outputs that ``out_dir`` already holds (see :data:`RUN_FILES`)."""
+    if not out_dir.is_dir():
+        return []
+    return [name for name in RUN_FILES + RUN_DIRS if (out_dir / name).exists()]
+
+
+def clear_run_outputs(out_dir: Path) -> list[str]:
+    """Remove a previous run's outputs from ``out_dir`` (only the names a run writes); returns them."""
+    import shutil
+
+    removed = existing_run_outputs(out_dir)
+    for name in removed:
+        path = out_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return removed
+
+
+@dataclass
+class RunPlan:
+    """Everything a scenario names, built and checked, with a human-readable description."""
+
+    loaded: LoadedScenario
+    device: torch.device
+    grid: Any
+    solver: Any
+    base_case: Any
+    lines: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return "\n".join(self.lines)
+
+    def write(self, out_dir: Path) -> list[Path]:
+        """Write the resolved scenario and the plan into ``out_dir`` (created if needed)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        resolved = out_dir / "scenario.resolved.yaml"
+        resolved.write_text(
+            yaml.safe_dump(self.loaded.config.model_dump(mode="json"), sort_keys=False)
+        )
+        plan = out_dir / "plan.txt"
+        plan.write_text(self.describe() + "\n")
+        return [resolved, plan]
+
+
+def plan_run(loaded: LoadedScenario, registry: Any, pm: Any = None) -> RunPlan:
+    """Build the feeder, grid and solver of a scenario and solve its base case."""
+    from gridflex.runs.feeder_cache import load_feeder
+    from gridflex.network.grid_build import build_grid
+
+    cfg = loaded.config
+    device = resolve_device(cfg.device)
+    t0 = time.perf_counter()
+    feeder = load_feeder(loaded.feeder_path(), taps=cfg.feeder.taps, registry_or_pm=pm)
+    grid = build_grid(feeder).with_load_model(cfg.feeder.load_model)
+    solver_cls = registry.get("solver", cfg.solver.type)
+    solver = solver_cls(grid, loaded.component_config("solver"), device=device)
+    load_scale = torch.full((len(grid.load_elements),), cfg.feeder.load_mult, dtype=torch.float64)
+    base = solver.solve(load_scale=load_scale.to(device))
+    elapsed = time.perf_counter() - t0
+
+    lines = [
+        f"scenario   {cfg.name}  ({loaded.source})",
+        f"sha256     {loaded.sha256()}",
+        f"device     {device}, {cfg.dtype}",
+        f"feeder     {loaded.feeder_path()}  (base taps: {cfg.feeder.taps}, tap treatment: "
+        f"{cfg.feeder.tap_treatment}, "
+        f"loads: {cfg.feeder.load_model}, load_mult {cfg.feeder.load_mult})",
+        f"grid       {grid.n_nodes} nodes, {len(grid.branches)} branches, "
+        f"{len(grid.load_elements)} loads",
+        f"solver     {cfg.solver.type} {loaded.component_config('solver').model_dump()}",
+        "base case  converged={} iterations={} source {:.1f} kW {:.1f} kvar, losses {:.2f} kW, "
+        "|V| {:.4f}-{:.4f} pu  ({:.2f} s incl. build)".format(
+            bool(base.converged.all()),
+            int(base.iterations.max()),
+            float(base.source_power_kw),
+            float(base.source_power_kvar),
+            float(base.losses_kw),
+            float(base.vm_pu.min()),
+            float(base.vm_pu.max()),
+            elapsed,
+        ),
+    ]
+    for i, group in enumerate(cfg.devices):
+        lines.append(f"devices[{i}] {group.count} x {group.type} {group.params}")
+    if not cfg.devices:
+        lines.append("devices    none")
+    if cfg.learner is None:
+        lines.append("learner    none configured: stopping after the plan")
+    else:
+        lines.append(f"learner    {cfg.learner.type} {cfg.learner.params}")
+    return RunPlan(loaded, device, grid, solver, base, lines)
+
+
+def default_out_dir(name: str) -> Path:
+    """``runs/<scenario name>/<UTC stamp>`` under the current folder."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return Path("runs") / name / stamp
+
+
+def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, device=None, *,
+                learner_seed: int | None = None, references: bool = True, progress: bool = True,
+                resume: bool = False) -> dict:
+    """Build the world, run the scenario's learner (training if it trains, with
+    :class:`gridflex.learning.training.Trainer`), evaluate it on the test days beside the reference
+    controllers (unless ``references=False``), write ``out_dir``; returns ``metrics.json`` per
+    controller. ``learner_seed`` (default: the scenario seed) seeds the learner only, so runs with
+    different learner seeds share one world (``gridflex compare``)."""
+    from gridflex.runs.evaluate import held_out_days, metrics_document, write_run_outputs
+    from gridflex.runs.world import build_world
+
+    cfg = loaded.config
+    seed = cfg.seed if learner_seed is None else learner_seed
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
+    world = build_world(loaded, registry, pm, device, progress=say)
+    days = held_out_days(world)
+    regulated = cfg.environment.regulated_evaluation
+    learner_cls = registry.get("learner", cfg.learner.type)
+    learner = learner_cls(loaded.component_config("learner"), world.env, seed=seed)
+    train_seconds, result, target = 0.0, None, None
+    if learner_cls.trains:
+        from gridflex.learning.targets import read_target, violation_only_line
+        from gridflex.learning.training import RunInfo, Trainer
+
+        target = read_target(loaded)
+        line = violation_only_line(target, loaded)
+        if line:
+            print(line, file=sys.stderr, flush=True)
+        trainer = Trainer(world, out_dir=out_dir, pm=pm, target=target, seed=seed, progress=progress,
+                          resume=resume, run_info=RunInfo(cfg.name, cfg.learner.type, seed, out_dir))
+        result = learner.train(trainer)
+        train_seconds = result.train_seconds if result is not None else 0.0
+    if progress and hasattr(learner, "describe_day"):  # planners that take minutes per day say where they are
+        learner.on_day = lambda b, day: print(f"{cfg.learner.type} day {b + 1}: {learner.describe_day(day)}",
+                                              file=sys.stderr, flush=True)
+    solves_before = world.env.power_flow_solves
+    evaluation = _evaluate_with_progress(world, cfg.learner.type, learner, days, regulated, progress)
+    world.env.power_flow_solves = solves_before  # evaluation solves are not training solves
+    document = metrics_document(world, cfg.learner.type, evaluation, seeds=[seed],
+                                train_seconds=train_seconds,
+                                env_gradient_evaluations=getattr(learner, "env_gradient_evaluations", 0),
+                                policy_updates=getattr(learner, "policy_updates", 0))
+    if result is not None:
+        document["time_to_target_s"] = result.time_to_target_s
+        document["target"] = target.as_dict()
+        document["validation_eval_seconds"] = result.eval_seconds
+        document["training_iterations"] = result.iterations
+        document["validation"] = result.history[-1] if result.best_index is None else result.history[result.best_index]
+    write_run_outputs(out_dir, world, document, evaluation)
+    extras = getattr(learner, "extras", None)
+    if extras:  # a planner's per-day report (the reference: iterations, solve seconds, AC metrics per day)
+        (out_dir / "learner_extras.json").write_text(json.dumps(extras, indent=2, default=_json_scalar))
+    documents = {cfg.learner.type: document}
+    for name in REFERENCE_CONTROLLERS if references else ():
+        if name == cfg.learner.type or name not in registry.names("learner"):
+            continue
+        ref_cls = registry.get("learner", name)
+        reference = ref_cls(ref_cls.Config(), world.env, seed=cfg.seed)
+        ref_eval = _evaluate_with_progress(world, name, reference, days, regulated, progress)
+        ref_doc = metrics_document(world, name, ref_eval, seeds=[cfg.seed])
+        ref_doc["power_flow_solves"] = 0
+        write_run_outputs(out_dir / "baselines" / name, world, ref_doc, ref_eval)
+        documents[name] = ref_doc
+    return documents
+
+
+def _evaluate_with_progress(world, name: str, learner, days, regulated: bool, progress: bool):
+    """:func:`gridflex.runs.evaluate.evaluate` on the scenario's test days, saying what it does."""
+    from gridflex.runs.evaluate import evaluate
+    from gridflex.progress import Progress
+
+    cfg = world.loaded.config
+    n_days = min(cfg.data.n_test_days, len(days))
+    extra = " and with the tap controller" if regulated and world.env.tap_treatment != "regulated" else ""
+    step = Progress(f"evaluating {name} on {n_days} test days ({world.env.tap_treatment} taps{extra})",
+                    enabled=progress)
+    step.step()
+    evaluation = evaluate(world, learner, days, cfg.data.n_test_days, regulated)
+    metrics = evaluation.metrics
+    step.close(f"{metrics['voltage_violation_rate']:.2%} violations, {metrics['cost_per_day']:.1f} EUR/day")
+    return evaluation
+
+
+def _json_scalar(value):
+    """numpy scalars and arrays in a learner's extras, as JSON."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+REFERENCE_CONTROLLERS = ("no_control", "rule_based", "droop")
+TABLE_METRICS = (
+    ("cost_per_day", "cost/day", "{:.1f}"),
+    ("voltage_violation_rate", "V viol.", "{:.2%}"),
+    ("undervoltage_rate", "under", "{:.2%}"),
+    ("overvoltage_rate", "over", "{:.2%}"),
+    ("voltage_violation_pu_h", "V pu.h/day", "{:.3f}"),
+    ("line_overload_rate", "I overl.", "{:.2%}"),
+    ("discomfort_degC_h", "degC.h/HP", "{:.2f}"),
+    ("losses_kwh_per_day", "losses kWh", "{:.0f}"),
+    ("peak_import_kw", "peak kW", "{:.0f}"),
+    ("pf_nonconverged", "PF fail", "{:d}"),
+)
+
+
+def results_table(documents: dict[str, dict]) -> str:
+    """Test metrics of each controller: under the scenario's tap treatment, then with the tap
+    controller active (``regulated``; one row when that is the treatment)."""
+    header = ["controller", "taps"] + [label for _, label, _ in TABLE_METRICS]
+    rows = []
+    for name, doc in documents.items():
+        treatment = doc.get("tap_treatment", "frozen")
+        for taps, key in ((treatment, "test"), ("regulated", "test_regulated")):
+            metrics = doc.get(key) or {}
+            if not metrics or (key == "test_regulated" and treatment == "regulated"):
+                continue
+            rows.append([name, taps] + [fmt.format(metrics[m]) for m, _, fmt in TABLE_METRICS])
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in [header] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
