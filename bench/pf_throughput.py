@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-FEEDER = REPO / "scenarios" / "feeders" / "ieee123" / "IEEE123Master.dss"
+from gridflex.shipped import builtin_feeder_path  # noqa: E402
+
+FEEDER = builtin_feeder_path("ieee123")
 
 
 def load_grid(path: Path, taps: str):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from gridflex.runs.compare import compare, comparison_table, machine_load, parse_seeds, rescore
 from gridflex.plugins.registry import load_registry
-from gridflex.scenario import shipped_scenarios_dir
+from gridflex.shipped import shipped_scenarios_dir
 
 LEARNERS = ("gradmap", "gradmap_e1", "ssl_penalty", "ssl_pd")
 

@@ -21,26 +21,24 @@ from pathlib import Path
 import numpy as np
 
 from gridflex.network.grid import Branch, Grid
+from gridflex.shipped import BUILTIN_FEEDERS, shipped_feeders_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_FEEDERS = Path("/work/shared/feeders")
 
-FEEDER_FILES = {
-    "ieee13": "ieee13/IEEE13Nodeckt.dss",
-    "ieee34_mod1": "ieee34/ieee34Mod1.dss",
-    "ieee34_mod2": "ieee34/ieee34Mod2.dss",
-    "ieee123": "ieee123/IEEE123Master.dss",
-}
 
 # Regulator taps as published by Kersting (the feeders' own run scripts force these).
 PUBLISHED_TAPS = {
     "ieee13": {"reg1": 10, "reg2": 8, "reg3": 11},
-    "ieee34_mod1": {"reg1a": 12, "reg1b": 5, "reg1c": 5, "reg2a": 13, "reg2b": 11, "reg2c": 12},
-    "ieee34_mod2": {"reg1a": 12, "reg1b": 5, "reg1c": 5, "reg2a": 13, "reg2b": 11, "reg2c": 12},
+    "ieee34mod1": {"reg1a": 12, "reg1b": 5, "reg1c": 5, "reg2a": 13, "reg2b": 11, "reg2c": 12},
+    "ieee34mod2": {"reg1a": 12, "reg1b": 5, "reg1c": 5, "reg2a": 13, "reg2b": 11, "reg2c": 12},
     "ieee123": {"reg1a": 7, "reg2a": -1, "reg3a": 0, "reg3c": -1, "reg4a": 8, "reg4b": 1, "reg4c": 5},
 }
 TAP_STEP_PU = 0.00625
-CONTROL_ELEMENTS = {"regcontrol", "capcontrol", "swtcontrol", "energymeter", "monitor"}
+CONTROL_ELEMENTS = {"regcontrol", "capcontrol", "swtcontrol", "energymeter", "monitor", "fuse",
+                    "recloser", "relay", "sensor"}
+# Power-conversion elements with no place in gridflex's Y (like loads: injections)
+INJECTION_ELEMENTS = {"load", "generator", "pvsystem", "storage"}
+SETTLE_MAX_ITERATIONS = 100  # as the reader's settling solve
 
 
 def engine_available() -> bool:
@@ -52,9 +50,10 @@ def engine_available() -> bool:
 
 
 def feeder_path(name: str) -> Path:
-    """The feeder's master file: the project's copy under scenarios/feeders if present, else shared."""
-    relative = FEEDER_FILES[name]
-    for root in (REPO_ROOT / "scenarios" / "feeders", SHARED_FEEDERS):
+    """The shipped feeder ``name``'s master file (a :data:`gridflex.shipped.BUILTIN_FEEDERS` name):
+    the package's copy if present, else the shared one."""
+    relative = BUILTIN_FEEDERS[name]
+    for root in (shipped_feeders_dir(), SHARED_FEEDERS):
         if (root / relative).exists():
             return root / relative
     raise FileNotFoundError(f"feeder {name!r} not found ({relative})")
@@ -90,15 +89,24 @@ class EngineCase:
     """A compiled feeder with frozen taps and controls off, in its own engine context.
 
     ``commands`` run after the compile (taps, ``BatchEdit`` of load models or limits, ...).
+    ``settle``: first one plain engine solve with the file's controls (RegControls, CapControls,
+    SwtControls) at MaxIterations 100, as the reader's ``opendss`` taps mode, so that taps,
+    capacitor and switch states are those the engine settles on; then they stay frozen.
     """
 
     def __init__(self, dss_path: str | Path, commands: list[str] | tuple[str, ...] = (),
-                 tolerance: float = 1e-10):
+                 tolerance: float = 1e-10, settle: bool = False):
         import dss
 
         self.dss = dss.DSS.NewContext()
         self.dss.AllowChangeDir = False
         self._run(f'compile "{Path(dss_path).resolve()}"')
+        if settle:
+            solution = self.dss.ActiveCircuit.Solution
+            solution.MaxIterations = max(int(solution.MaxIterations), SETTLE_MAX_ITERATIONS)
+            solution.Solve()
+            if not solution.Converged:
+                raise RuntimeError(f"the engine's settling solve of {dss_path} did not converge")
         for command in ("set controlmode=off", f"set tolerance={tolerance:g}", "set maxiterations=500"):
             self._run(command)
         for command in commands:
@@ -149,7 +157,7 @@ class EngineCase:
         source_nodes = source_y = None
         for element_name in c.AllElementNames:
             kind = element_name.split(".")[0].lower()
-            if kind == "load" or kind in CONTROL_ELEMENTS:
+            if kind in INJECTION_ELEMENTS or kind in CONTROL_ELEMENTS:
                 continue
             if kind not in {"vsource", "line", "transformer", "capacitor", "reactor"}:
                 raise NotImplementedError(f"element {element_name} not supported by the oracle")
@@ -257,7 +265,7 @@ class EngineCase:
         currents = {}
         for element_name in c.AllElementNames:
             kind = element_name.split(".")[0].lower()
-            if kind in {"line", "transformer"}:
+            if kind in {"line", "transformer", "reactor"}:
                 c.SetActiveElement(element_name)
                 currents[element_name.lower()] = _complex(c.ActiveCktElement.Currents)
         load_s = 0j
@@ -303,3 +311,64 @@ def solve_engine(dss_path: str | Path, commands: list[str] | tuple[str, ...] = (
                  load_scale: np.ndarray | float | None = None) -> EngineSolution:
     """One engine power flow (tolerance 1e-10, controls off) in the Grid's order."""
     return EngineCase(dss_path, commands).solve(load_scale)
+
+
+def compare_with_engine(dss_path: str | Path, taps: str = "opendss", load_mult: float = 1.0,
+                        engine_commands: list[str] | tuple[str, ...] = ()) -> dict:
+    """gridflex's reading and ``ac3ph`` solve of a .dss file against the engine's own solve.
+
+    The feeder is read afresh (no cache) with ``taps``; the engine settles its controls the same
+    way (``opendss``: one solve with controls, then frozen; ``file``: controls off, regulator taps
+    and controlled capacitors put back to the file's values, which the file's own ``Solve``
+    commands may have moved).
+    ``load_mult`` scales gridflex's status=variable loads and is the engine's ``Set LoadMult``
+    times the file's own. Returns ``max_dv_pu`` (largest |V_gridflex - V_engine| over every node,
+    per unit of the node's base), the feeder, grid, both voltage vectors (V, grid order) and the
+    engine case.
+    """
+    import torch
+
+    from gridflex.network.grid_build import build_grid
+    from gridflex.network.powerflow import SolveOptions, build_network, solve_power_flow
+    from gridflex_plugins.feeders.dss_reader import read_dss_feeder
+
+    feeder = read_dss_feeder(dss_path, taps)
+    grid = build_grid(feeder)
+    net = build_network(grid, vlimits_rule=True)
+    scale = torch.full((len(grid.load_elements),), float(load_mult), dtype=torch.float64)
+    scale[torch.as_tensor(grid.load_fixed)] = 1.0
+    result = solve_power_flow(net, load_scale=scale, options=_options())
+    assert bool(result.converged), f"gridflex did not converge on {dss_path}"
+    v_ours = result.v_volts().numpy().reshape(-1)
+    commands = list(engine_commands)
+    if taps == "file":  # the file's own Solve commands may have moved controls; gridflex's did not
+        commands += [
+            f"Transformer.{rc.transformer}.wdg={rc.tap_winding} "
+            f"Tap={feeder.transformer(rc.transformer).windings[rc.tap_winding - 1].tap_pu!r}"
+            for rc in feeder.regcontrols
+        ]
+        capacitors = {c.capacitor for c in feeder.capcontrols}
+        commands += [
+            f"Capacitor.{c.name}.states=[{' '.join(map(str, c.states))}]"
+            for c in feeder.capacitors if c.name in capacitors
+        ]
+    if load_mult != 1.0:
+        commands.append(f"set loadmult={feeder.load_mult * load_mult:.12g}")
+    case = EngineCase(dss_path, commands, settle=(taps == "opendss"))
+    case.circuit.Solution.Solve()
+    solution = case.read_solution()
+    assert solution.converged, f"the engine did not converge on {dss_path}"
+    index = {name: k for k, name in enumerate(grid.node_names)}
+    v_engine = np.zeros(grid.n_nodes, dtype=complex)
+    for k, name in enumerate(case.node_names):
+        v_engine[index[name]] = solution.v_volts[k]
+    dv = np.abs(v_ours - v_engine) / np.asarray(grid.v_base_ln_v)
+    return {"max_dv_pu": float(dv.max()), "worst_node": grid.node_names[int(np.argmax(dv))],
+            "feeder": feeder, "grid": grid, "v_gridflex": v_ours, "v_engine": v_engine,
+            "case": case, "result": result, "solution": solution}
+
+
+def _options():
+    from gridflex.network.powerflow import SolveOptions
+
+    return SolveOptions(tol_pu=1e-10, max_iter=300)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import subprocess
 import sys
 
+import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,7 +24,7 @@ VALID = {
     "device": "cpu",
     "feeder": {"file": "ieee13", "taps": "opendss", "load_model": "constant_pq", "load_mult": 1.0},
     "solver": {"type": "ac3ph", "params": {}},
-    "data": {"dt_h": 1.0, "days_per_batch": 8},
+    "data": {"dt_h": 1.0, "n_validation_days": 14},
     "limits": {"v_limits_pu": [0.95, 1.05], "v_limits_train_pu": [0.955, 1.045]},
     "target": {"max_violation_rate": 0.005, "cost_share_x": 0.5},
 }
@@ -35,7 +38,7 @@ LEAVES = [
     ("feeder.load_model", ("feeder", "load_model")),
     ("feeder.load_mult", ("feeder", "load_mult")),
     ("data.dt_h", ("data", "dt_h")),
-    ("data.days_per_batch", ("data", "days_per_batch")),
+    ("data.n_validation_days", ("data", "n_validation_days")),
     ("limits.v_limits_pu", ("limits", "v_limits_pu")),
     ("target.max_violation_rate", ("target", "max_violation_rate")),
     ("target.cost_share_x", ("target", "cost_share_x")),
@@ -49,7 +52,9 @@ bad_values = st.one_of(
     st.just(-float("inf")),
     st.sampled_from([10**30, -(10**30), 1e308, -1e308]),
     st.sampled_from([[], {}, [1, 2, 3], {"x": 1}, "not-a-value", True]),
-    st.text(min_size=0, max_size=12).filter(lambda s: s not in ("cpu", "cuda", "auto", "file", "opendss", "constant_pq")),
+    st.text(min_size=0, max_size=12).filter(
+        lambda s: s not in ("cpu", "cuda", "auto", "file", "opendss", "constant_pq")
+        and not re.fullmatch(r"cuda:[0-9]+", s)),
 )
 
 
@@ -143,3 +148,67 @@ def test_console_script_subprocess_cases(tmp_path):
         assert proc.returncode == code, (argv, proc.stdout, proc.stderr)
         assert text in proc.stdout + proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ torch devices (run, pf, compare, targets)
+
+
+def _device_argv(command: str, device: str, out) -> list[str]:
+    from gridflex.shipped import default_scenario_path
+
+    scenario = str(default_scenario_path())
+    return {"run": ["run", scenario, "--out", str(out)],
+            "pf": ["pf", "ieee13"],
+            "compare": ["compare", scenario, "--learners", "gradmap", "--seeds", "0", "--out", str(out)],
+            "targets": ["targets", scenario]}[command] + ["--device", device]
+
+
+def _one_paragraph_refusal(result) -> str:
+    code, out, err = result
+    assert code == 2, out + err
+    assert "Traceback" not in out + err
+    assert len(err.strip().splitlines()) == 1, err  # one paragraph
+    return err
+
+
+@pytest.mark.parametrize("command", ["run", "pf", "compare", "targets"])
+@pytest.mark.parametrize("device", ["banana", "CPU", "cuda:", "cuda:x", "cuda:-1", "gpu:0", ""])
+def test_unknown_device_is_a_user_error(cli, tmp_path, command, device):
+    out = tmp_path / "out"
+    err = _one_paragraph_refusal(cli(*_device_argv(command, device, out)))
+    assert f"--device {device!r} is not a device gridflex knows" in err
+    for allowed in ("cpu", "cuda", "cuda:N", "auto"):
+        assert allowed in err
+    assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["run", "pf", "compare", "targets"])
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:7"])
+def test_cuda_on_a_machine_without_cuda_is_a_user_error(cli, tmp_path, command, device):
+    out = tmp_path / "out"
+    err = _one_paragraph_refusal(cli(*_device_argv(command, device, out)))
+    assert f"--device {device!r} requested but CUDA is not available" in err and "cpu or auto" in err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["compare", "targets"])
+def test_scenario_device_cuda_without_cuda_is_refused_before_work(cli, tmp_path, command):
+    out = tmp_path / "out"
+    argv = _device_argv(command, "cpu", out)[:-2] + ["-o", "device=cuda:0"]
+    err = _one_paragraph_refusal(cli(*argv))
+    assert "the scenario's device 'cuda:0' requested but CUDA is not available" in err
+    assert not out.exists()
+
+
+def test_scenario_device_names(cli):
+    from gridflex.shipped import default_scenario_path
+
+    scenario = str(default_scenario_path())
+    for device in ("cpu", "cuda", "cuda:0", "cuda:12", "auto"):  # syntax only: validate needs no GPU
+        code, out, err = cli("validate", scenario, "-o", f"device={device}")
+        assert code == 0, err
+    code, out, err = cli("validate", scenario, "-o", "device=cuda:one")
+    assert code == 2 and "device: 'cuda:one' is not a device gridflex knows" in err
+    assert "cpu, cuda, cuda:N" in err and "auto" in err

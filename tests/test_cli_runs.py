@@ -231,22 +231,7 @@ def test_verify_json_paths(cli, a_file, tmp_path):
     refused(cli("verify", str(tmp_path), "--json", str(a_file / "v.json")), "is a file, not a folder")
 
 
-# ------------------------------------------------------------------ devices
-
-
-@pytest.mark.parametrize("command", ["run", "pf"])
-def test_unknown_device(cli, finished, command, tmp_path):
-    target = str(finished[0]) if command == "run" else "ieee13"
-    text = refused(cli(command, target, "--device", "banana"), "'banana'", "allowed: cpu", "auto")
-    assert len(text.strip().splitlines()) == 1
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-@pytest.mark.parametrize("command", ["run", "pf"])
-def test_cuda_without_cuda(cli, finished, command):
-    target = str(finished[0]) if command == "run" else "ieee13"
-    text = refused(cli(command, target, "--device", "cuda"), "CUDA is not available", "cpu or auto")
-    assert len(text.strip().splitlines()) == 1
+# (device mistakes of run, pf, compare and targets: tests/test_cli_fuzz.py)
 
 
 def test_default_out_folder_unusable(cli, finished, tmp_path, monkeypatch):

@@ -11,27 +11,22 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from gridflex.errors import UserError
 from gridflex.network.feeder import Feeder
 from gridflex.runs.feeder_cache import cache_paths, load_feeder
+from gridflex.shipped import BUILTIN_FEEDERS, shipped_feeders_dir
 
-FEEDERS_DIR = Path(__file__).resolve().parents[1] / "scenarios" / "feeders"
-SHIPPED = {
-    "ieee13": "ieee13/IEEE13Nodeckt.dss",
-    "ieee34_mod1": "ieee34/ieee34Mod1.dss",
-    "ieee34_mod2": "ieee34/ieee34Mod2.dss",
-    "ieee123": "ieee123/IEEE123Master.dss",
-}
+FEEDERS_DIR = shipped_feeders_dir()
+SHIPPED = BUILTIN_FEEDERS  # shipped feeder name -> master file under FEEDERS_DIR
 TAPS_MODES = ("file", "opendss")
 # (buses, nodes, lines, switches, loads, capacitors, transformers, regcontrols)
 COUNTS = {
     "ieee13": (16, 41, 12, 1, 15, 2, 5, 3),
-    "ieee34_mod1": (37, 95, 32, 0, 68, 2, 8, 6),
-    "ieee34_mod2": (56, 138, 51, 0, 38, 2, 8, 6),
+    "ieee34mod1": (37, 95, 32, 0, 68, 2, 8, 6),
+    "ieee34mod2": (56, 138, 51, 0, 38, 2, 8, 6),
     "ieee123": (132, 278, 126, 8, 91, 4, 8, 7),
 }
 IEEE123_OPENDSS_TAPS = {"reg1a": 6, "reg2a": 0, "reg3a": 2, "reg3c": 0, "reg4a": 10, "reg4b": 4, "reg4c": 6}
@@ -87,7 +82,7 @@ def test_ieee123_loads_and_pitfalls(fresh):
 
 
 def test_ieee34_single_node_delta_loads(fresh):
-    f = fresh[("ieee34_mod1", "opendss")]
+    f = fresh[("ieee34mod1", "opendss")]
     d832 = [ld for ld in f.loads if ld.name.startswith("d832_858")]
     assert len(d832) == 6
     assert all(ld.conn == "delta" and ld.n_phases == 1 and ld.nodes[1] == 0 for ld in d832)
@@ -228,3 +223,32 @@ def _env() -> dict:
     import os
 
     return dict(os.environ)
+
+
+# -- format version 2: reactors, generation, CapControls, load status and VLowpu -----------------------
+def test_json_round_trip_of_the_new_elements(tmp_path):
+    pytest.importorskip("dss", reason="the OpenDSS engine (dss-python) is not installed")
+    import warnings
+
+    from test_dss_reading import BASES, CAPS, GENERATION, HEAD, REACTORS
+
+    from gridflex_plugins.feeders.dss_reader import read_dss_feeder
+
+    master = tmp_path / "new.dss"
+    master.write_text(HEAD.replace("model=1", "model=1 status=fixed vlowpu=0.6") + REACTORS
+                      + GENERATION + CAPS + BASES + "set loadmult=0.9\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        feeder = read_dss_feeder(master, "opendss")
+    assert (len(feeder.reactors), len(feeder.generation), len(feeder.capcontrols)) == (11, 5, 1)
+    assert feeder.load_mult == 0.9 and feeder.loads[0].status == "fixed" and feeder.loads[0].vlowpu == 0.6
+    path = feeder.to_json(tmp_path / "new.feeder.json.gz")
+    assert Feeder.from_json(path) == feeder
+
+
+def test_older_format_is_not_read_as_this_one(tmp_path):
+    feeder = Feeder.from_json(cache_paths(FEEDERS_DIR / SHIPPED["ieee13"], "file")[0])
+    data = feeder.to_dict()
+    data["format_version"] = 1
+    with pytest.raises(ValueError, match="format version 1"):
+        Feeder.from_dict(data)

@@ -57,6 +57,17 @@ def make_learner(setup, name="gradmap", **params):
     return cls(config, world.env, seed=0)
 
 
+def _tensors(tree):
+    """Every tensor in a nested state dict."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for v in tree.values() for t in _tensors(v)]
+    if isinstance(tree, (list, tuple)):
+        return [t for v in tree for t in _tensors(v)]
+    return []
+
+
 def fixed_days(world, n=2):
     return world.env.exogenous(world.data.split("train").get(np.array([3, 40])[:n]))
 
@@ -162,12 +173,25 @@ def test_learners_smoke_and_comparison_contract(setup, tmp_path):
         assert grads is None or 0 <= grads <= 2
         if name != "ssl_penalty":  # fixed penalties: no dual families to report
             assert "dual_voltage_at_max" in entry["runs"][0]["duals"]
+
+        # this learner's own run folder (not the previous loop's last one)
+        run_dir = tmp_path / name / "seed0"
+        rows = list(csv.DictReader((run_dir / "history.csv").open()))
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["learner"] == name
         assert metrics["train_seconds"] == pytest.approx(float(rows[-1]["wall_s"]), rel=1e-5)
         state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+        assert state["iteration"] == 2 and state["env_gradient_evaluations"] == 2  # counters live in the checkpoint
+        assert [int(r["iteration"]) for r in state["history"]] == [0, 1, 2]
         fresh = make_learner(setup, name)
+        untrained = {k: v.clone() for k, v in fresh.state_dict()["policies"].items()}
         fresh.load_state_dict(state["learner"])
-        assert fresh.env_gradient_evaluations == 2
-        torch.load(run_dir / "policy.pt", weights_only=True)
+        loaded = fresh.state_dict()["policies"]
+        assert loaded.keys() == state["learner"]["policies"].keys()
+        assert all(torch.equal(loaded[k], state["learner"]["policies"][k]) for k in loaded)
+        assert any(not torch.equal(loaded[k], untrained[k]) for k in loaded)  # the load changed it
+        policy = torch.load(run_dir / "policy.pt", weights_only=True)
+        assert policy and all(torch.isfinite(t).all() for t in _tensors(policy))
 
 
 # ---------------------------------------------------------------- feasibility network term (issue #6)
@@ -243,8 +267,9 @@ def test_gradmap_feasibility_network_term_smoke(setup, tmp_path):
     assert learner.duals.uses_feasibility and learner.duals.network() == [learner.duals.feasibility]
     voltage_before = learner.duals.voltage.clone()
     feasibility_before = learner.duals.feasibility.clone()
+    grads_before = world.env.counters.env_gradient_evaluations  # the module's world is shared
     result = Trainer(world, out_dir=tmp_path, progress=False).fit(learner)
-    assert result.iterations == 2 and learner.env_gradient_evaluations == 2
+    assert result.iterations == 2 and world.env.counters.env_gradient_evaluations - grads_before == 2
     rows = list(csv.DictReader((tmp_path / "history.csv").open()))
     distances = [float(r["train_feasibility_distance"]) for r in rows[1:]]
     assert len(distances) == 2 and all(np.isfinite(distances))

@@ -10,10 +10,13 @@ import types
 
 import pytest
 
-from gridflex.plugins.contracts import DeviceModel, StrictConfig
+import gridflex
+from gridflex.plugins import hookspecs
+from gridflex.plugins.contracts import DeviceModel, FeederReader, Learner, StrictConfig
 from gridflex.errors import PluginError
 from gridflex.plugins.hookspecs import hookimpl
 from gridflex.plugins.registry import Registry, get_plugin_manager, load_registry
+from toy_plugin import ToyLearner, ToyStore
 
 BUILTIN_COMPONENTS = {("solver", "ac3ph"), ("feeder_reader", "dss")}
 
@@ -33,7 +36,8 @@ def test_fresh_manager_each_call():
 
 
 def _device(name: str) -> type:
-    return type(name.title(), (DeviceModel,), {"name": name, "Config": StrictConfig})
+    """A complete device class named ``name`` (the toy store under another name)."""
+    return type(name.title(), (ToyStore,), {"name": name})
 
 
 def test_duplicate_component_name_names_both_plugins():
@@ -69,6 +73,119 @@ def test_component_without_name_is_rejected():
         Registry.from_plugin_manager(pm)
 
 
+def test_hookimpl_is_exported_by_gridflex_itself():
+    """``gridflex.hookimpl`` (what docs/plugins.md uses) is the marker the hookspecs module has."""
+    assert gridflex.hookimpl is hookspecs.hookimpl
+    assert gridflex.PROJECT == hookspecs.PROJECT == "gridflex"
+    plugin = types.SimpleNamespace(gridflex_register_devices=gridflex.hookimpl(
+        lambda register: register(_device("marked_with_gridflex_hookimpl"))))
+    pm = get_plugin_manager()
+    pm.register(plugin, name="marked")
+    assert "marked_with_gridflex_hookimpl" in Registry.from_plugin_manager(pm).names("device")
+
+
+def test_hookspecs_are_typed_and_documented():
+    """Every hook documents each parameter (``:param name:``) and its result (``:return:``)."""
+    import inspect
+
+    for name in (n for n in dir(hookspecs) if n.startswith("gridflex_")):
+        hook = getattr(hookspecs, name)
+        doc = inspect.getdoc(hook) or ""
+        params = inspect.signature(hook).parameters
+        assert params and all(p.annotation is not inspect.Parameter.empty for p in params.values()), name
+        assert inspect.signature(hook).return_annotation is not inspect.Signature.empty, name
+        missing = [p for p in params if f":param {p}:" not in doc]
+        assert not missing and ":return:" in doc, f"{name}: undocumented {missing or 'return'}"
+
+
+def _register_as(kind_hook: str, component, plugin_name: str = "acme_bad") -> PluginError:
+    """Register ``component`` through ``kind_hook`` from a plugin module ``acme_bad.plugin``;
+    the :class:`PluginError` raised."""
+    module = types.ModuleType("acme_bad.plugin")
+    setattr(module, kind_hook, hookimpl(lambda register: register(component)))
+    pm = get_plugin_manager()
+    pm.register(module, name=plugin_name)
+    with pytest.raises(PluginError) as info:
+        Registry.from_plugin_manager(pm)
+    message = str(info.value)
+    assert "\n" not in message, "one paragraph"
+    assert f"plugin {plugin_name!r}" in message and "module acme_bad.plugin" in message
+    assert f"GRIDFLEX_BLOCK_PLUGINS={plugin_name}" in message
+    return info.value
+
+
+class NotADevice:
+    """Has the right attributes but not the base class."""
+
+    name = "impostor"
+    Config = StrictConfig
+
+
+class HalfDevice(DeviceModel):
+    """Declares name and Config but implements only two of the nine abstract methods."""
+
+    name = "half_device"
+
+    class Config(StrictConfig):
+        p_max_kw: float = 1.0
+
+    def initial_state(self, batch, temp_out_c):
+        raise NotImplementedError
+
+    def observation(self, state, inputs):
+        raise NotImplementedError
+
+
+def test_registration_rejects_a_class_of_the_wrong_base():
+    error = _register_as("gridflex_register_devices", NotADevice)
+    assert "test_plugins.NotADevice" in str(error)
+    assert "does not subclass gridflex.plugins.contracts.DeviceModel" in str(error)
+    learner_as_device = _register_as("gridflex_register_devices", ToyLearner)
+    assert "does not subclass gridflex.plugins.contracts.DeviceModel" in str(learner_as_device)
+    device_as_learner = _register_as("gridflex_register_learners", ToyStore)
+    assert "does not subclass gridflex.plugins.contracts.Learner" in str(device_as_learner)
+    solver = _register_as("gridflex_register_solvers", type("FakeSolver", (), {"name": "fake", "Config": StrictConfig}))
+    assert "does not subclass gridflex.plugins.contracts.NetworkSolver" in str(solver)
+    reader = _register_as("gridflex_register_feeder_readers", type("FakeReader", (), {"name": "fake"}))
+    assert "does not subclass gridflex.plugins.contracts.FeederReader" in str(reader)
+
+
+def test_registration_rejects_an_abstract_class_listing_what_is_missing():
+    message = str(_register_as("gridflex_register_devices", HalfDevice))
+    assert "test_plugins.HalfDevice" in message and "still abstract" in message
+    missing = ("action_bounds", "baseline_u", "cost", "demand", "residuals", "step", "terminal_residuals")
+    assert all(method in message for method in missing), message
+    assert "initial_state" not in message and "observation," not in message
+    learner = str(_register_as("gridflex_register_learners",
+                               type("Lazy", (Learner,), {"name": "lazy", "Config": StrictConfig})))
+    assert "does not implement act" in learner
+
+
+def test_registration_rejects_missing_name_or_config():
+    complete = {m: (lambda self, *a: None) for m in DeviceModel.__abstractmethods__}
+    configless = type("Configless", (DeviceModel,), {"name": "configless", **complete})
+    message = str(_register_as("gridflex_register_devices", configless))
+    assert "declares no nested `Config` class" in message and "still abstract" not in message
+    unnamed = type("Unnamed", (ToyStore,), {"name": ""})
+    assert "no string `name`" in str(_register_as("gridflex_register_devices", unnamed))
+    bad_config = type("BadConfig", (ToyStore,), {"name": "bad_config", "Config": dict})
+    assert "does not subclass gridflex.plugins.contracts.StrictConfig" in str(
+        _register_as("gridflex_register_devices", bad_config))
+    instance = ToyStore.__new__(ToyStore)
+    assert "not a class" in str(_register_as("gridflex_register_devices", instance))
+
+
+def test_complete_subclasses_and_configless_feeder_readers_register():
+    """A subclass inheriting its parent's Config is complete; feeder readers need no Config."""
+    registry = Registry()
+    inherits = type("Inherits", (ToyStore,), {"name": "inherits"})
+    registry._add("device", inherits, "ok", "", "")
+    reader = type("Reader", (FeederReader,), {"name": "reader", "suffixes": (".x",)})
+    registry._add("feeder_reader", reader, "ok", "", "")
+    assert registry.get("device", "inherits") is inherits
+    assert registry.get("feeder_reader", "reader") is reader
+
+
 def test_block_plugin_by_environment_variable(monkeypatch):
     monkeypatch.setenv("GRIDFLEX_BLOCK_PLUGINS", "ac3ph")
     _, registry = load_registry()
@@ -83,23 +200,38 @@ def test_cli_plugins_lists_builtins(cli):
 
 
 THIRD_PARTY_MODULE = '''
-from pydantic import Field
-from gridflex.plugins.contracts import DeviceModel, StrictConfig
-from gridflex.plugins.hookspecs import hookimpl
+import gridflex
+from toy_plugin import ToyStore  # a complete device (tests/toy_plugin.py)
 
 
-class Dehumidifier(DeviceModel):
+class Dehumidifier(ToyStore):
     """A third party's device."""
 
     name = "dehumidifier"
 
-    class Config(StrictConfig):
-        p_max_kw: float = Field(0.5, gt=0, description="rated power (kW)")
 
-
-@hookimpl
+@gridflex.hookimpl
 def gridflex_register_devices(register):
     register(Dehumidifier)
+'''
+
+BROKEN_THIRD_PARTY_MODULE = '''
+import gridflex
+from gridflex.plugins.contracts import DeviceModel, StrictConfig
+
+
+class Humidifier(DeviceModel):
+    """Declares itself but implements nothing (the old README example)."""
+
+    name = "humidifier"
+
+    class Config(StrictConfig):
+        p_max_kw: float = 1.0
+
+
+@gridflex.hookimpl
+def gridflex_register_devices(register):
+    register(Humidifier)
 '''
 
 
@@ -121,7 +253,8 @@ def test_third_party_distribution_is_discovered_and_used(tmp_path):
     """))
     bad = tmp_path / "bad.yaml"
     bad.write_text(scenario.read_text().replace("p_max_kw: 0.8", "p_max_kw: -2"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), tests_dir, os.environ.get("PYTHONPATH", "")])}
 
     def gridflex(*argv):
         return subprocess.run(
@@ -145,3 +278,24 @@ def test_third_party_distribution_is_discovered_and_used(tmp_path):
         capture_output=True, text=True, env={**env, "GRIDFLEX_BLOCK_PLUGINS": "acme"}, timeout=120,
     )
     assert blocked.returncode == 2 and "unknown device 'dehumidifier'" in blocked.stderr
+
+    # a broken distribution stops `gridflex plugins` with one paragraph naming it and what is missing
+    (site / "broken_gridflex").mkdir()
+    (site / "broken_gridflex" / "__init__.py").write_text(BROKEN_THIRD_PARTY_MODULE)
+    broken_info = site / "broken_gridflex-0.1.dist-info"
+    broken_info.mkdir()
+    (broken_info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-gridflex\nVersion: 0.1\n")
+    (broken_info / "entry_points.txt").write_text("[gridflex]\nbroken = broken_gridflex\n")
+    failed = gridflex("plugins")
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    for needle in ("plugin 'broken'", "broken_gridflex", "broken-gridflex", "Humidifier", "still abstract",
+                   "baseline_u", "GRIDFLEX_BLOCK_PLUGINS=broken"):
+        assert needle in failed.stderr, (needle, failed.stderr)
+    # docs/plugins.md quotes this very message
+    from conftest import REPO_ROOT
+
+    doc = (REPO_ROOT / "docs" / "plugins.md").read_text()
+    quoted = doc[doc.index("gridflex: error: plugin 'broken'"):]
+    quoted = quoted[:quoted.index("```")]
+    message = failed.stderr[failed.stderr.index("gridflex: error:"):]
+    assert " ".join(quoted.split()) == " ".join(message.split())

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gridflex.fleet import profile_summary as summary
 from gridflex.fleet import profiles as gp
 
 N_AGENTS = 200
@@ -22,7 +23,7 @@ def data() -> gp.ProfileData:
 
 @pytest.fixture(scope="module")
 def raw() -> dict[str, np.ndarray]:
-    return gp._read_npz()
+    return gp.read_npz()
 
 
 @pytest.fixture(scope="module")
@@ -167,15 +168,15 @@ def test_half_hour_and_hour_resolution_carry_the_same_energy():
 
 def test_coincidence_factor_definition():
     kw = np.array([[[1.0, 0.0], [0.0, 1.0]]])  # two agents peaking at different steps
-    np.testing.assert_allclose(gp.coincidence_factor(kw), [0.5])
-    np.testing.assert_allclose(gp.coincidence_factor(np.ones((1, 3, 4))), [1.0])
+    np.testing.assert_allclose(summary.coincidence_factor(kw), [0.5])
+    np.testing.assert_allclose(summary.coincidence_factor(np.ones((1, 3, 4))), [1.0])
 
 
 def test_docs_summary_table_is_current():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
     table = re.search(r"<!-- summary:start -->\n(.*?)<!-- summary:end -->", doc, re.S)
     assert table, "docs/data.md lacks the summary markers"
-    assert table.group(1).strip() == gp.summary_markdown().strip(), (
-        "docs/data.md summary is stale: paste the output of `python -m gridflex.fleet.profiles`")
+    assert table.group(1).strip() == summary.summary_markdown().strip(), (
+        "docs/data.md summary is stale: paste the output of `python -m gridflex.fleet.profile_summary`")
     sources = re.search(r"<!-- sources:start -->\n(.*?)<!-- sources:end -->", doc, re.S)
-    assert sources and sources.group(1).strip() == gp.sources_markdown().strip()
+    assert sources and sources.group(1).strip() == summary.sources_markdown().strip()

@@ -49,7 +49,7 @@ def test_reference_beats_no_control_on_ac(rollouts):
     learner, _, ref = rollouts["reference"]
     assert ref["voltage_violation_rate"] <= nc["voltage_violation_rate"]
     assert ref["cost_per_day"] <= nc["cost_per_day"] + 1e-6
-    day = learner.extras["days"][0]
+    day = learner.report()["days"][0]
     assert day["iterations"] >= 1 and day["solve_seconds"] > 0
     assert abs(day["ac_cost"] - ref["cost_per_day"]) < 1e-3 * abs(ref["cost_per_day"])  # plan replays exactly
 
@@ -66,7 +66,7 @@ def test_reference_schedule_respects_devices(world, rollouts):
     battery = w.env.fleets[0].model
     e = rollout.fleets[0].states[..., 0]
     assert (e >= battery.e_min_kwh - 1e-6).all() and (e <= battery.e_max_kwh + 1e-6).all()
-    diagnostics = learner.extras["days"][0]["diagnostics"][0]
+    diagnostics = learner.report()["days"][0]["diagnostics"][0]
     assert diagnostics["simultaneous_charge_discharge"] == 0 and diagnostics["max_simultaneous_kw"] < 1e-2
 
 

@@ -80,7 +80,7 @@ def load_calibrate():
 def test_one_treatment_from_calibration_to_test(setup, treatment, tmp_path, monkeypatch):
     from gridflex.runs.evaluate import held_out_days
     from gridflex.runs.run import execute_run
-    from gridflex.learning.targets import compute_targets
+    from gridflex.runs.target_costs import compute_targets
 
     path, pm, registry, frozen = setup
     override = [f"feeder.tap_treatment={treatment}"]
@@ -130,7 +130,7 @@ def test_one_treatment_from_calibration_to_test(setup, treatment, tmp_path, monk
 
     # test metrics of a run: the treatment, plus the tap controller as the second evaluation
     run_loaded = load_scenario(path, override + ["learner.type=no_control", "learner.params={}"], registry)
-    docs = execute_run(run_loaded, registry, pm, tmp_path / "run", references=False, progress=False)
+    docs = execute_run(run_loaded, registry, pm, tmp_path / "run", references=False, progress=False).documents
     metrics = docs["no_control"]
     days = held_out_days(world)
     positions = np.unique(np.linspace(0, len(days) - 1, num=2).round().astype(int))

@@ -13,6 +13,7 @@ from gridflex.plugins.registry import load_registry
 from gridflex.scenario import load_scenario, scenario_json_schema
 
 EXIT_OK, EXIT_USER = 0, 2
+EXIT_DIFFERENT = 4  # a check ran and found a difference (deploy-sim)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -79,8 +80,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gridflex.runs.run import (RESOLVED, check_device, check_resume, clear_run_outputs,
-                              existing_run_outputs, plan_run)
+    from gridflex.runs.run import RESOLVED, check_resume, clear_run_outputs, existing_run_outputs, plan_run
+    from gridflex.runs.torch_device import check_device
 
     resume, force = getattr(args, "resume", False), getattr(args, "force", False)
     # every refusal comes before any work and before anything is written
@@ -93,12 +94,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                         "SCENARIO --out runs/NAME/STAMP --resume")
     if args.out is not None:
         check_output_dir(args.out, "--out")
-    if args.device:
+    if args.device is not None:
         check_device(args.device)
     overrides = list(args.override)
-    if args.device:
+    if args.device is not None:
         overrides.append(f"device={args.device}")
     pm, registry = load_registry()
+    if getattr(args, "params", None) is not None:
+        overrides = _overlay_overrides(args.params, args.scenario, overrides, registry)
     loaded = load_scenario(args.scenario, overrides, registry)
     check_device(loaded.config.device, "the scenario's device")
     if resume:
@@ -125,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             n += 1
             out_dir = base.with_name(f"{base.name}-{n}")
         check_output_dir(out_dir, "the default output folder (give --out DIR to choose another)")
-    plan = plan_run(loaded, registry, pm)
+    plan = plan_run(loaded, registry, pm, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(plan.describe())
     if force and args.out is not None:
         removed = clear_run_outputs(args.out)
@@ -143,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     written = plan.write(out_dir)
     try:
         documents = execute_run(loaded, registry, pm, out_dir, plan.device, resume=resume,
-                                references=not args.no_references)
+                                references=not args.no_references, world=plan.world).documents
     except UserError:
         # a mistake found while building the world (e.g. more devices than households) leaves no
         # half-written folder behind: only the plan had been written, and it is taken back
@@ -153,8 +156,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             if created and not any(Path(out_dir).iterdir()):
                 Path(out_dir).rmdir()
         raise
+    except KeyboardInterrupt as exc:  # Ctrl-C: say how to continue (main() exits 130)
+        _say_how_to_resume(args, out_dir, exc)
+        raise
     n_days = next(iter(documents.values()))["n_test_days"]
-    print(f"\ntest metrics over {n_days} test days (exact AC power flow):")
+    judge = loaded.config.evaluation_solver.type
+    physics = "exact AC power flow, ac3ph" if judge == "ac3ph" else f"evaluation solver {judge}"
+    print(f"\ntest metrics over {n_days} test days ({physics}):")
     print(results_table(documents))
     where = f" (reference controllers in {out_dir}/baselines/)" if len(documents) > 1 else ""
     print(f"\nwrote {out_dir}/metrics.json{where}")
@@ -163,6 +171,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     plots = write_plots(out_dir)
     print(f"plots: {', '.join(str(p) for p in plots)}")
     return EXIT_OK
+
+
+def _say_how_to_resume(args: argparse.Namespace, out_dir: Path, exc: BaseException) -> None:
+    """After Ctrl-C: where the checkpoint is and the exact command that continues the run."""
+    import shlex
+
+    from gridflex.learning.training import CHECKPOINT
+
+    checkpoint = Path(out_dir) / CHECKPOINT
+    if not checkpoint.is_file():
+        print(f"gridflex: interrupted before the first checkpoint; nothing to resume in {out_dir}",
+              file=sys.stderr)
+        return
+    where = (f"at iteration {exc.iteration}" if getattr(exc, "iteration", None) is not None
+             else "at its last validation point")
+    command = ["gridflex", "run"] + ([str(args.scenario)] if args.scenario else [])
+    if getattr(args, "params", None) is not None:
+        command += ["--params", str(args.params)]
+    for override in args.override:
+        command += ["-o", override]
+    if args.device:
+        command += ["--device", args.device]
+    if args.no_references:
+        command.append("--no-references")
+    command += ["--out", str(out_dir), "--resume"]
+    print(f"gridflex: training checkpoint {where} is in {checkpoint}; continue with:\n  "
+          + " ".join(shlex.quote(c) for c in command), file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -216,18 +251,54 @@ def check_output_file(path: Path, option: str) -> None:
     _check_creatable(path, option, "file")
 
 
+def _overlay_overrides(path: Path, scenario, overrides: list[str], registry) -> list[str]:
+    """``--params FILE`` as overrides: the scenario < the overlay < ``-o`` (docs/tuning.md)."""
+    from gridflex.tune.overlay import read_overlay
+
+    overlay = read_overlay(path, registry)
+    current = load_scenario(scenario, overrides, registry).config.learner
+    return overlay.overrides(None if current is None else current.type) + list(overrides)
+
+
+def _device_overrides(args: argparse.Namespace) -> list[str]:
+    """``-o`` overrides plus ``device=...`` for ``--device`` (checked first, before any work)."""
+    from gridflex.runs.torch_device import check_device
+
+    overrides = list(args.override)
+    if getattr(args, "device", None) is not None:
+        check_device(args.device)
+        overrides.append(f"device={args.device}")
+    return overrides
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    from gridflex.runs.compare import compare, comparison_table, parse_seeds
+    from gridflex.runs.compare import LEARNER_PARAMS, compare, comparison_table, parse_seeds
+    from gridflex.runs.torch_device import check_device
 
     learners = [name.strip() for name in args.learners.split(",") if name.strip()]
     if not learners:
         raise UserError("--learners is empty")
     check_output_dir(args.out, "--out")
+    overrides = _device_overrides(args)
     pm, registry = load_registry()
     for name in learners:
         registry.get("learner", name)  # unknown names fail before any run starts
+    own: dict[str, list[str]] = {}
+    for path in getattr(args, "params", None) or []:
+        from gridflex.tune.overlay import read_overlay
+
+        overlay = read_overlay(path, registry)
+        if overlay.learner not in learners or overlay.learner in own:
+            why = "is not in --learners" if overlay.learner not in learners else "has two --params files"
+            raise UserError(f"--params {path}: it is for learner {overlay.learner!r}, which {why} "
+                            f"({', '.join(learners)}); give one overlay per compared learner")
+        own[overlay.learner] = overlay.overrides(overlay.learner)[1:]
+    # the scenario's device (after --device and -o) must exist here before the first run starts
+    world_overrides = [o for o in overrides if not o.startswith(LEARNER_PARAMS)]
+    check_device(load_scenario(args.scenario, world_overrides, registry).config.device,
+                 "the scenario's device")
     result = compare(args.scenario, learners, parse_seeds(args.seeds), args.out,
-                     overrides=list(args.override), registry=registry, pm=pm)
+                     overrides=overrides, registry=registry, pm=pm, learner_params=own)
     print(comparison_table(result))
     print(f"\nwrote {args.out}/comparison.json")
     return EXIT_OK
@@ -235,7 +306,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_pf(args: argparse.Namespace) -> int:
     from gridflex.cli.pf import run_pf
-    from gridflex.runs.run import check_device
+    from gridflex.runs.torch_device import check_device
 
     check_device(args.device)
     if args.json_out is not None:
@@ -261,13 +332,86 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
-    from gridflex.learning.targets import compute_targets
+    from gridflex.runs.target_costs import compute_targets
+    from gridflex.runs.torch_device import check_device
 
+    overrides = _device_overrides(args)
     pm, registry = load_registry()
-    loaded = load_scenario(args.scenario, args.override, registry)
+    loaded = load_scenario(args.scenario, overrides, registry)
+    check_device(loaded.config.device, "the scenario's device")
     command = " ".join(["gridflex", "targets", str(args.scenario)] + [f"-o {o}" for o in args.override]
-                       + (["--no-reference"] if args.no_reference else []))
+                       + (["--no-reference"] if args.no_reference else [])
+                       + ([f"--device {args.device}"] if args.device is not None else []))
     doc = compute_targets(loaded, registry, pm, reference=not args.no_reference, command=command)
     print(f"wrote {doc['path']}: c_ref={doc['c_ref']}, c_no_control={doc['c_no_control']:.2f} "
           f"(sha256 {doc['scenario_sha256'][:12]})")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from gridflex.deploy.export import default_out_dir, export_run
+
+    out = args.out if args.out is not None else default_out_dir(args.run_dir, args.export_format)
+    check_output_dir(out, "--out")
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    result = export_run(args.run_dir, args.export_format, out, progress=say)
+    what = "ONNX files (one per agent)" if args.export_format == "onnx" else "weights.npz + policy_numpy.py"
+    print(f"exported {result.contract['n_agents']} agents of {args.run_dir} as {what} into {result.out_dir}; "
+          f"largest difference to the trained policy on the test days: {result.max_abs_diff:.3g}")
+    print(f"contract: {result.out_dir / 'policy_contract.json'}; check it in closed loop with "
+          f"`gridflex deploy-sim {result.out_dir}`")
+    return EXIT_OK
+
+
+def cmd_deploy_sim(args: argparse.Namespace) -> int:
+    from gridflex.deploy.replay import deploy_sim, format_result
+
+    if args.json_out is not None:
+        check_output_file(args.json_out, "--json")
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    result = deploy_sim(args.export_dir, progress=say)
+    print(f"deploy-sim of {args.export_dir} ({result.export_format}): test days, every agent acting "
+          "through its own file, beside the run's metrics.json")
+    print(format_result(result))
+    if args.json_out is not None:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps({
+            "export_format": result.export_format, "deploy_sim": result.metrics,
+            "run": result.run_metrics, "max_abs_diff": result.max_abs_diff,
+            "max_rel_diff": result.max_rel_diff, "equal": result.equal,
+            "agent_calls": result.agent_calls}, indent=2))
+    if not result.equal:
+        print(f"gridflex: the deployed policies' metrics differ from the run's metrics.json beyond "
+              f"1e-6 (relative {result.max_rel_diff:.3g}): the exported files do not reproduce the "
+              "evaluated behaviour (exit 4)", file=sys.stderr)
+        return EXIT_DIFFERENT
+    return EXIT_OK
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from gridflex.runs.compare import parse_seeds
+    from gridflex.tune.objective import Budget
+    from gridflex.tune.study import TuneSettings, run_tune
+
+    seconds = args.budget_s if args.budget_s is not None or args.budget_iterations is not None else 60.0
+    settings = TuneSettings(
+        scenarios=list(args.scenarios), learner=args.learner, trials=args.trials,
+        budget=Budget(seconds=seconds, iterations=args.budget_iterations), seeds=parse_seeds(args.seeds),
+        storage=args.storage, study=args.study, jobs=args.jobs, overrides=list(args.override),
+        multi_objective=args.multi_objective, pruner=args.pruner, sampler_seed=args.sampler_seed,
+        heartbeat_s=args.heartbeat_s, password_file=args.db_password_file, out=args.out,
+        worker_index=args.worker_index, summary=not args.no_summary)
+    pm, registry = load_registry()
+    registry.get("learner", args.learner)  # an unknown learner fails before anything else
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    result = run_tune(settings, registry, pm, say=say)
+    summary = result["summary"]
+    if summary is not None:
+        best = summary["best"]
+        shown = "no completed trial yet" if best is None else \
+            f"best trial {best['number']}: {best['values'][0]:.4g} {summary['unit']}, params {best['params']}"
+        print(f"study {result['study']}: {summary['counts']['finished']} finished trials; {shown}; budget "
+              f"consumed {summary['consumed']['training_s']:.1f} s of training clock "
+              f"({summary['consumed']['iterations']} iterations)")
+        print(f"wrote {', '.join(summary['files'])}")
     return EXIT_OK

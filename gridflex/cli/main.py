@@ -1,7 +1,8 @@
 """The ``gridflex`` command line.
 
 Exit codes: 0 success, 1 internal error (a bug: please report it), 2 user error (a clear
-message, never a traceback), 3 a power flow that did not converge.
+message, never a traceback), 3 a power flow that did not converge, 4 a check that ran and found a
+difference (``deploy-sim``: the exported policies do not reproduce the run).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from gridflex import __version__
 from gridflex.errors import ConvergenceError, GridflexError, PluginError, UserError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_NOT_CONVERGED = 0, 1, 2, 3
+DEVICE_HELP = ("torch device: cpu, cuda, cuda:N or auto (cuda when available, else cpu); overrides "
+               "the scenario's `device`")
 
 
 class UsageError(UserError):
@@ -34,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gridflex",
         description="Decentralised learning for grid-edge flexibility with differentiable "
         "three-phase AC power flow.",
-        epilog="Exit codes: 0 ok, 1 internal error, 2 user error, 3 power flow not converged.",
+        epilog="Exit codes: 0 ok, 1 internal error, 2 user error, 3 power flow not converged, "
+               "4 a check found a difference (deploy-sim).",
     )
     parser.add_argument("--version", action="version", version=f"gridflex {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
@@ -53,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("scenario", nargs="?", help="scenario YAML (default: embedded default)")
     _add_overrides(run)
-    run.add_argument("--device", help="torch device (cpu, cuda or auto), overrides the scenario's `device`")
+    run.add_argument("--device", help=DEVICE_HELP)
+    run.add_argument("--params", type=Path, metavar="TUNED_YAML",
+                     help="learner params overlay (`learner: {type, params}`, e.g. the tuned.yaml of "
+                     "`gridflex tune`); applied over the scenario, under -o overrides")
     run.add_argument("--out", type=Path, help="output folder (default: runs/<name>/<stamp>); one that "
                      "holds an earlier run needs --resume or --force (see docs/cli.md)")
     run.add_argument(
@@ -82,7 +89,48 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--learners", required=True, help="comma-separated learner names")
     compare.add_argument("--seeds", default="0-4", help="seeds, e.g. 0-4 or 0,2,5 (default 0-4)")
     compare.add_argument("--out", type=Path, required=True, help="output folder")
+    compare.add_argument("--device", help=DEVICE_HELP)
+    compare.add_argument("--params", type=Path, action="append", default=[], metavar="TUNED_YAML",
+                         help="learner params overlay for the learner it names (repeatable, one per "
+                         "learner; e.g. gridflex tune's tuned.yaml); -o learner.params.* still applies on top")
     _add_overrides(compare)
+
+    tune = sub.add_parser(
+        "tune",
+        help="tune a learner's hyper-parameters over scenario files and seeds (Optuna study)",
+        description="Run (or continue) an Optuna study of one learner's search space. Each trial "
+        "trains on every SCENARIO with every seed under the same budget, judged on validation days "
+        "only (test days never touched); its value is a censored time to target (docs/tuning.md). "
+        "The study lives in a journal file under runs/studies/ (no server) or in PostgreSQL "
+        "(--storage postgresql://USER@HOST/DB, password from GRIDFLEX_DB_PASSWORD or "
+        "--db-password-file). Writes runs/studies/<study>/ summary.json, PNGs and tuned.yaml, "
+        "the best params as a --params overlay.",
+    )
+    tune.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="scenario YAML files (one or more)")
+    tune.add_argument("--learner", required=True, help="the learner to tune (it declares its search space)")
+    tune.add_argument("--trials", type=int, required=True,
+                      help="the study's total of finished (complete or pruned) trials, over all workers")
+    tune.add_argument("--storage", help="journal:PATH or postgresql://USER@HOST[:PORT]/DB (default: "
+                      "runs/studies/<study>.journal)")
+    tune.add_argument("--study", help="study name (default: <learner>-<scenario names>)")
+    tune.add_argument("--budget-s", type=float, help="training-clock budget per scenario and seed (s; default 60)")
+    tune.add_argument("--budget-iterations", type=int, help="iteration budget instead (reproducible; tests)")
+    tune.add_argument("--seeds", default="0", help="learner seeds, e.g. 0-2 or 0,5 (default 0)")
+    tune.add_argument("--jobs", type=int, default=1, help="worker processes on this machine (default 1)")
+    tune.add_argument("--multi-objective", action="store_true",
+                      help="minimise (time to target, validation cost); no pruning; Pareto front written")
+    tune.add_argument("--pruner", default="wilcoxon", choices=("wilcoxon", "median", "none"),
+                      help="wilcoxon: stop bad trials on their per-(scenario, seed) values (default); median: "
+                      "on the validation checkpoints; none (docs/tuning.md)")
+    tune.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    tune.add_argument("--db-password-file", type=Path,
+                      help="file holding the database password (owned by you, chmod 600)")
+    tune.add_argument("--heartbeat-s", type=int, default=60,
+                      help="PostgreSQL trial heartbeat (s); a trial silent for 3 beats is retried (default 60)")
+    tune.add_argument("--out", type=Path, help="summary folder (default: runs/studies/<study>/)")
+    tune.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)
+    tune.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    _add_overrides(tune)
 
     validate = sub.add_parser(
         "validate",
@@ -116,10 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit 3 if the power flow does not converge.",
     )
     pf.add_argument("feeder", help="a .dss master file, a gridflex feeder .json(.gz) or a shipped name")
-    pf.add_argument("--load-mult", type=float, default=1.0, help="scale every load's kW and kvar")
+    pf.add_argument("--load-mult", type=float, default=1.0, help="scale every variable load's kW and kvar, as OpenDSS's LoadMult (status=fixed/exempt loads and generation stay as the file sets them)")
     pf.add_argument("--taps", choices=("file", "opendss"), default="file", help="regulator taps")
     pf.add_argument("--json", type=Path, dest="json_out", help="write the result JSON here")
-    pf.add_argument("--device", default="cpu", help="torch device: cpu, cuda or auto (default cpu)")
+    pf.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or auto (default cpu)")
     pf.add_argument("--max-iter", type=int, default=100, help="iteration cap (default 100)")
 
     targets = sub.add_parser(
@@ -136,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("scenario", help="scenario YAML")
     _add_overrides(targets)
     targets.add_argument("--no-reference", action="store_true", help="only C_no_control (c_ref: null)")
+    targets.add_argument("--device", help=DEVICE_HELP)
 
     verify = sub.add_parser(
         "verify",
@@ -146,6 +195,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("run_dir", type=Path, help="output folder of gridflex run")
     verify.add_argument("--json", type=Path, dest="json_out", help="write the report JSON here")
+
+    export = sub.add_parser(
+        "export",
+        help="export a run's trained policies: one ONNX file per agent, or weights.npz",
+        description="Export the trained per-agent policies of a finished `gridflex run` folder: "
+        "one ONNX file per agent (raw local measurements in, the device's physical set-point out; "
+        "needs the export extra: onnx, onnxruntime) or one weights.npz with a pure-numpy reference "
+        "implementation (policy_numpy.py) beside it, and policy_contract.json (device, parameters, "
+        "bus and phase, ordered inputs and features with units, the action's meaning and units, "
+        "the feeder, the scenario's sha256, the gridflex version). Every file is checked against "
+        "the trained policy on the run's test days. See docs/deploy.md.",
+    )
+    export.add_argument("run_dir", type=Path, help="output folder of a finished gridflex run")
+    export.add_argument("--format", choices=("onnx", "npz"), default="onnx", dest="export_format",
+                        help="onnx (default): one file per agent; npz: weights.npz + policy_numpy.py")
+    export.add_argument("--out", type=Path, help="export folder (default: RUN_DIR/export_<format>); "
+                        "new, empty or an earlier export (replaced)")
+
+    deploy_sim = sub.add_parser(
+        "deploy-sim",
+        help="replay the test days with every agent acting through its exported file",
+        description="Rebuild the exported run's world and replay its test days (the devices and "
+        "the AC power flow as in evaluation) with every agent acting only through its own exported "
+        "file (onnxruntime, or the numpy implementation), then print the metrics beside the run's "
+        "own metrics.json and the largest difference.",
+    )
+    deploy_sim.add_argument("export_dir", type=Path, help="folder written by gridflex export")
+    deploy_sim.add_argument("--json", type=Path, dest="json_out", help="write both metrics and the differences here")
     return parser
 
 
@@ -199,12 +276,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     handler = {
         "run": commands.cmd_run,
         "compare": commands.cmd_compare,
+        "tune": commands.cmd_tune,
         "validate": commands.cmd_validate,
         "plugins": commands.cmd_plugins,
         "schema": commands.cmd_schema,
         "pf": commands.cmd_pf,
         "verify": commands.cmd_verify,
         "targets": commands.cmd_targets,
+        "export": commands.cmd_export,
+        "deploy-sim": commands.cmd_deploy_sim,
     }[args.command]
     return handler(args)
 

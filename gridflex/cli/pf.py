@@ -6,12 +6,16 @@ The result JSON is a contract other tools read::
      "losses_kw": float, "losses_kvar": float,
      "nodes": {"150r.1": {"vm_volts": float, "vm_pu": float, "va_deg": float}, ...},
      "lines": {"l115": {"i1_amps": [...], "i2_amps": [...]}, ...},
-     "transformers": {"reg1a": {"i1_amps": [...], "i2_amps": [...]}, ...}}
+     "transformers": {"reg1a": {"i1_amps": [...], "i2_amps": [...]}, ...},
+     "reactors": {"hvmv_sub_hsb": {"i1_amps": [...], "i2_amps": [...]}, ...}}
 
 Node names are lower-case as OpenDSS prints them; every node of the feeder is present; ``vm_pu`` is
 on the bus's line-to-neutral base; ``source_power_kw`` is positive when drawn from the source;
-``i1_amps``/``i2_amps`` are the current magnitudes at each conductor of terminal 1 and 2 (lines
-include switches). A power flow that does not converge writes ``{"converged": false,
+``iK_amps`` are the current magnitudes at each conductor of terminal K, for every terminal (a
+3-winding transformer has ``i1_amps``, ``i2_amps`` and ``i3_amps``; a transformer winding's last
+conductor is its neutral; lines include switches; a delta shunt reactor has only ``i1_amps``).
+``--load-mult`` scales the loads OpenDSS's LoadMult scales: ``status=variable`` loads, on top of
+the file's own LoadMult; fixed and exempt loads and generation keep their power. A power flow that does not converge writes ``{"converged": false,
 "iterations": n}`` with no voltages and exits 3.
 """
 
@@ -38,7 +42,7 @@ def solve_feeder(
     from gridflex.runs.feeder_cache import load_feeder
     from gridflex.network.grid_build import build_grid
     from gridflex.plugins.registry import load_registry
-    from gridflex.runs.run import resolve_device
+    from gridflex.runs.torch_device import resolve_device
 
     if not (math.isfinite(load_mult) and 0 < load_mult <= 100):
         raise UserError(f"--load-mult must be a finite number in (0, 100], got {load_mult}")
@@ -49,8 +53,10 @@ def solve_feeder(
     if max_iter < 1:
         raise UserError(f"--max-iter must be at least 1, got {max_iter}")
     config = {"vlimits_rule": True, "max_iter": max_iter}
-    solver = solver_cls(grid, config, device=resolve_device(device))
+    solver = solver_cls(grid, config, device=resolve_device(device, "--device"))
     scale = torch.full((len(grid.load_elements),), float(load_mult), dtype=torch.float64)
+    if grid.load_fixed is not None:  # status=fixed/exempt loads and generation: as OpenDSS's LoadMult
+        scale[torch.as_tensor(grid.load_fixed, dtype=torch.bool)] = 1.0
     with torch.no_grad():
         result = solver.solve(load_scale=scale)
     converged = bool(result.converged)
@@ -75,13 +81,17 @@ def solve_feeder(
         },
         lines={},
         transformers={},
+        reactors={},
     )
+    groups = {"transformer": "transformers", "reactor": "reactors"}
     for branch in grid.branches:
         values = currents[result.branch_slices[branch.name]]
-        half = len(values) // 2
-        group = "transformers" if branch.kind == "transformer" else "lines"
+        per_terminal = len(values) // branch.n_terminals
         short = branch.name.split(".", 1)[1]
-        out[group][short] = {"i1_amps": values[:half].tolist(), "i2_amps": values[half:].tolist()}
+        out[groups.get(branch.kind, "lines")][short] = {
+            f"i{k + 1}_amps": values[k * per_terminal : (k + 1) * per_terminal].tolist()
+            for k in range(branch.n_terminals)
+        }
     return out
 
 

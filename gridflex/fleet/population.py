@@ -25,8 +25,11 @@ from gridflex.network.grid import Grid
 
 
 @dataclass
-class Households:
-    """All households of the feeder (``H`` of them) and what they are attached to.
+class HouseholdSites:
+    """Where the feeder's households (``H`` of them) are connected, and their PV.
+
+    Not their consumption: each household's profile identity is
+    :class:`gridflex.fleet.profiles.HouseholdIdentities` (household ``h`` is profile agent ``h``).
 
     ``load[h]`` index of the spot load (into ``grid.load_elements``), ``node[h]`` the node
     index its single-phase connection lands on (node a of its load branch), ``bus[h]`` its bus
@@ -40,7 +43,6 @@ class Households:
     kw_scale: np.ndarray
     pv_kwp: np.ndarray
     spot_p_kw: np.ndarray  # [L] nominal kW of each spot load
-    spot_q_over_p: np.ndarray  # [L] kvar / kW of each spot load
 
     def __len__(self) -> int:
         return len(self.load)
@@ -50,7 +52,7 @@ class Households:
 class Placement:
     """Where one device group's agents are: their households and injection nodes.
 
-    ``household[i]`` index into :class:`Households`; ``nodes[i]`` the node indices the device
+    ``household[i]`` index into :class:`HouseholdSites`; ``nodes[i]`` the node indices the device
     connects to (one, or three for a three-phase device), as a list of arrays.
     """
 
@@ -68,16 +70,14 @@ def place_households(
     pv_share: float,
     pv_kwp_range: tuple[float, float],
     rng: np.random.Generator,
-) -> Households:
+) -> HouseholdSites:
     """Households behind every spot load, spread over its branches; PV drawn with ``rng``.
 
     ``kw_scale`` is set to 1 here; :func:`calibrate_household_scale` fixes it from training data.
     """
     n_loads = len(grid.load_elements)
     spot_p_kw = np.zeros(n_loads)
-    spot_q_kvar = np.zeros(n_loads)
     np.add.at(spot_p_kw, grid.load_index, grid.load_p_kw)
-    np.add.at(spot_q_kvar, grid.load_index, grid.load_q_kvar)
     loads, nodes = [], []
     for l in range(n_loads):
         branches = np.flatnonzero(grid.load_index == l)
@@ -90,21 +90,18 @@ def place_households(
     node = np.asarray(nodes, dtype=np.int64)
     has_pv = rng.random(len(load)) < pv_share
     pv_kwp = np.where(has_pv, rng.uniform(*pv_kwp_range, size=len(load)), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q_over_p = np.where(spot_p_kw > 0, spot_q_kvar / spot_p_kw, 0.0)
-    return Households(
+    return HouseholdSites(
         load=load,
         node=node,
         bus=[_bus(grid.node_names[n]) for n in node],
         kw_scale=np.ones(len(load)),
         pv_kwp=pv_kwp,
         spot_p_kw=spot_p_kw,
-        spot_q_over_p=q_over_p,
     )
 
 
 def calibrate_household_scale(
-    households: Households, household_kw_train: np.ndarray, peak_scale: float
+    households: HouseholdSites, household_kw_train: np.ndarray, peak_scale: float
 ) -> None:
     """Set ``kw_scale`` so each spot load's aggregate peak over the training days is
     ``peak_scale * P_l``. ``household_kw_train``: ``[days, H, T]`` of the *training* split."""
@@ -117,7 +114,7 @@ def calibrate_household_scale(
 
 
 def place_devices(
-    households: Households,
+    households: HouseholdSites,
     grid: Grid,
     count: int,
     three_phase: bool,

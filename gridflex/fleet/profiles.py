@@ -29,12 +29,13 @@ Only numpy is needed; :meth:`DayBatch.as_tensors` converts to torch.
 
 from __future__ import annotations
 
-import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from gridflex.shipped import shipped_data_dir
 
 DATA_FILE = "profiles.npz"
 PROVENANCE_FILE = "profiles.provenance.json"
@@ -58,10 +59,10 @@ _HOURS = 24
 # ----------------------------------------------------------------------------- file access
 def data_dir() -> Path:
     """Directory holding ``profiles.npz``, its provenance JSON and the licence text."""
-    return Path(str(importlib.resources.files("gridflex.scenarios") / "data"))
+    return shipped_data_dir()
 
 
-def _read_npz() -> dict[str, np.ndarray]:
+def read_npz() -> dict[str, np.ndarray]:
     with np.load(data_dir() / DATA_FILE, allow_pickle=False) as npz:
         return {name: npz[name] for name in npz.files}
 
@@ -134,8 +135,9 @@ def _check_dt_h(dt_h: float) -> float:
 
 # ----------------------------------------------------------------------------- agents
 @dataclass(frozen=True)
-class Households:
-    """Fixed identity of ``n_agents`` households, drawn from ``seed``.
+class HouseholdIdentities:
+    """Fixed identity of ``n_agents`` households (which profile, how scaled, which roof), drawn
+    from ``seed``. Where they are connected is :class:`gridflex.fleet.population.HouseholdSites`.
 
     ``profile[agent]`` index into the SimBench profiles, ``scale[agent]`` multiplies the
     profile's kW (log-normal, mean 1), ``pv_orientation[agent]`` index into the roof
@@ -148,7 +150,7 @@ class Households:
     pv_orientation: np.ndarray
 
     @classmethod
-    def draw(cls, n_agents: int, n_profiles: int, n_orientations: int, seed: int) -> Households:
+    def draw(cls, n_agents: int, n_profiles: int, n_orientations: int, seed: int) -> HouseholdIdentities:
         rng = np.random.default_rng([seed, 0x686F757365])  # stream of the household identity
         sigma = HOUSEHOLD_SCALE_SIGMA_LOG
         return cls(seed=seed,
@@ -224,7 +226,7 @@ class DaySet:
     ``len(dayset)`` days; ``days`` their day-of-year (1-based, 2016); ``dates`` ISO strings.
     """
 
-    def __init__(self, name: str, arrays: dict[str, np.ndarray], households: Households,
+    def __init__(self, name: str, arrays: dict[str, np.ndarray], households: HouseholdIdentities,
                  dt_h: float):
         self.name = name
         self.dt_h = dt_h
@@ -312,7 +314,7 @@ class ProfileData:
     Test days are removed when loading; use :func:`load_test_days` in evaluation code.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], households: Households, dt_h: float):
+    def __init__(self, arrays: dict[str, np.ndarray], households: HouseholdIdentities, dt_h: float):
         self._arrays = arrays
         self.households = households
         self.dt_h = dt_h
@@ -324,7 +326,7 @@ class ProfileData:
     def load(cls, dt_h: float = 1.0, n_agents: int = 1000, seed: int = 0) -> ProfileData:
         """Read the data file, keep train and validation days, draw ``n_agents`` households."""
         dt_h = _check_dt_h(dt_h)
-        raw = _read_npz()
+        raw = read_npz()
         split = split_of_days(raw["month"])
         arrays = _select_days(raw, split != SPLIT_NAMES.index("test"))
         arrays["split"] = split[split != SPLIT_NAMES.index("test")]
@@ -355,15 +357,15 @@ def load_test_days(dt_h: float = 1.0, n_agents: int = 1000, seed: int = 0) -> Da
     training or tuning code.
     """
     dt_h = _check_dt_h(dt_h)
-    raw = _read_npz()
+    raw = read_npz()
     keep = split_of_days(raw["month"]) == SPLIT_NAMES.index("test")
     return DaySet("test", _select_days(raw, keep), _households(raw, n_agents, seed), dt_h)
 
 
-def _households(raw: dict[str, np.ndarray], n_agents: int, seed: int) -> Households:
+def _households(raw: dict[str, np.ndarray], n_agents: int, seed: int) -> HouseholdIdentities:
     if int(n_agents) < 1:
         raise ValueError(f"n_agents={n_agents!r} must be a positive integer")
-    return Households.draw(int(n_agents), raw["household_kw"].shape[0],
+    return HouseholdIdentities.draw(int(n_agents), raw["household_kw"].shape[0],
                            raw["pv_kw_per_kwp"].shape[0], int(seed))
 
 
@@ -386,85 +388,3 @@ def _select_days(arrays: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, n
         else:
             out[name] = value
     return out
-
-
-# ----------------------------------------------------------------------------- statistics
-def coincidence_factor(household_kw: np.ndarray) -> np.ndarray:
-    """Per-day coincidence factor ``[B]`` of ``household_kw[B, N, T]``.
-
-    Peak over steps of the sum over agents, divided by the sum over agents of each agent's
-    own peak over the day's steps.
-    """
-    return household_kw.sum(axis=1).max(axis=-1) / household_kw.max(axis=-1).sum(axis=-1)
-
-
-def summary_rows(dt_h: float = 0.5, n_agents: int = 1000, seed: int = 0,
-                 batch_size: int = 28) -> list[dict[str, float | int | str]]:
-    """Per-split statistics for ``docs/data.md`` (reads the test days: documentation only)."""
-    data = ProfileData.load(dt_h=dt_h, n_agents=n_agents, seed=seed)
-    daysets = [data.split("train"), data.split("validation"),
-               load_test_days(dt_h=dt_h, n_agents=n_agents, seed=seed)]
-    return [_summarise(ds, batch_size) for ds in daysets]
-
-
-def _summarise(dayset: DaySet, batch_size: int) -> dict[str, float | int | str]:
-    mean_kw, peak_kw, max_kw, cf, pv_cf, temp, price = [], [], [], [], [], [], []
-    for b in dayset.batches(batch_size):
-        mean_kw.append(b.household_kw.mean(axis=(1, 2)))
-        peak_kw.append(b.household_kw.max(axis=-1).mean(axis=-1))
-        max_kw.append(b.household_kw.max(axis=(1, 2)))
-        cf.append(coincidence_factor(b.household_kw))
-        pv_cf.append(b.pv_kw_per_kwp.mean(axis=(1, 2)))
-        temp.append(b.temp_out_c)
-        price.append(b.price_per_kwh)
-    mean_kw, peak_kw, max_kw, cf, pv_cf = (np.concatenate(x)
-                                           for x in (mean_kw, peak_kw, max_kw, cf, pv_cf))
-    temp, price = np.concatenate(temp), np.concatenate(price)
-    weeks = np.bincount(dayset.season[::7], minlength=len(SEASONS))
-    return {"split": dayset.name, "days": len(dayset),
-            "weeks_w_sp_su_au": "/".join(str(w) for w in weeks),
-            "household_mean_kw": float(mean_kw.mean()),
-            "household_daily_peak_kw": float(peak_kw.mean()),
-            "household_max_kw": float(max_kw.max()),
-            "coincidence_factor_mean": float(cf.mean()),
-            "coincidence_factor_min": float(cf.min()),
-            "coincidence_factor_max": float(cf.max()),
-            "pv_capacity_factor": float(pv_cf.mean()),
-            "temp_min_c": float(temp.min()), "temp_max_c": float(temp.max()),
-            "price_min": float(price.min()), "price_max": float(price.max())}
-
-
-def summary_markdown(dt_h: float = 0.5, n_agents: int = 1000, seed: int = 0) -> str:
-    """The summary table of ``docs/data.md`` as Markdown (``python -m gridflex.fleet.profiles``)."""
-    rows = summary_rows(dt_h, n_agents, seed)
-    header = ("| split | days | weeks W/Sp/Su/Au | mean household kW | mean daily peak kW "
-              "| coincidence factor mean (min-max) | PV capacity factor | temperature degC "
-              "| price EUR/kWh |")
-    lines = [header, "|" + "---|" * 9]
-    for r in rows:
-        lines.append(
-            f"| {r['split']} | {r['days']} | {r['weeks_w_sp_su_au']} "
-            f"| {r['household_mean_kw']:.3f} | {r['household_daily_peak_kw']:.2f} "
-            f"| {r['coincidence_factor_mean']:.3f} ({r['coincidence_factor_min']:.3f}-"
-            f"{r['coincidence_factor_max']:.3f}) | {r['pv_capacity_factor']:.3f} "
-            f"| {r['temp_min_c']:.1f} to {r['temp_max_c']:.1f} "
-            f"| {r['price_min']:.3f}-{r['price_max']:.3f} |")
-    return "\n".join(lines) + "\n"
-
-
-def sources_markdown() -> str:
-    """Per-source energy table of ``docs/data.md``: the stored data, before any agent draw."""
-    raw = _read_npz()
-    lines = ["| series | energy over the 364 days | peak |", "|---|---|---|"]
-    for name, kw, peak in zip(raw["household_profile_names"], raw["household_kw"],
-                              raw["household_peak_kw"]):
-        lines.append(f"| household {name} | {kw.sum() * 0.25:.0f} kWh | {peak:.1f} kW |")
-    for name, pv in zip(raw["pv_orientation_names"], raw["pv_kw_per_kwp"]):
-        lines.append(f"| PV {name}, tilt 35 deg | {pv.sum():.0f} kWh/kWp "
-                     f"(capacity factor {pv.mean():.3f}) | {pv.max():.2f} kW/kWp |")
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    print(f"{sources_markdown()}\ndt_h = 0.5, n_agents = 1000, seed = 0\n\n"
-          f"{summary_markdown()}", end="")

@@ -164,7 +164,7 @@ def authority_bound(
                 p, q = p_nc + s * (p_up - p_nc), q_nc + s * (q_up - q_nc)
             flow = solve(exo.load_scale, p, q)
             if taps is None:
-                env.power_flow_solves += exo.batch * exo.steps
+                env.counters.count_solves(exo.batch * exo.steps)
             ok = flow.converged  # [B, T]
             vm = env.voltage_monitor.magnitudes_pu(flow.v_pu)  # [B, T, M]
             violated = (vm > v_max) | (vm < v_min) | ~ok[..., None]

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from gridflex.plugins.contracts import DeviceModel, StepInputs
+from gridflex.learning.counters import WorkCounters
 from gridflex.network.constraints import CurrentMonitor, VoltageMonitor
 from gridflex.network.feeder import Feeder
-from gridflex.fleet.population import Households, Placement
+from gridflex.fleet.population import HouseholdSites, Placement
 from gridflex.network.powerflow import combine_results, map_batch
 from gridflex.fleet.profiles import DayBatch
 from gridflex.network.regulators import TAP_TREATMENTS, TapController, TapSolvers
@@ -112,7 +113,7 @@ class Environment:
         self,
         grid,
         solver_factory: Callable[[Sequence[int]], object],
-        households: Households,
+        households: HouseholdSites,
         fleets: list[Fleet],
         voltage_monitor: VoltageMonitor,
         current_monitor_factory: Callable[[dict[str, slice]], CurrentMonitor],
@@ -146,9 +147,9 @@ class Environment:
         names = [rc.transformer for rc in feeder.regcontrols] if feeder is not None else []
         base_state = tuple(self.base_taps.get(n, 0) for n in names)
         self.tap_solvers = TapSolvers(names, self.with_taps_solver, known={base_state: self.solver})
-        probe = self.solver.solve()
-        self.current_monitor = current_monitor_factory(probe.branch_slices)
-        self.power_flow_solves = 0
+        self.current_monitor = current_monitor_factory(grid.branch_slices)
+        #: training work: this environment counts solves, learners the rest
+        self.counters = WorkCounters()
         self._build_maps()
 
     # ------------------------------------------------------------------ set-up
@@ -184,6 +185,11 @@ class Environment:
                     m[i, col[int(n)]] += 1.0 / len(nodes)
             self._fleet_maps.append(m)  # [N, n_inj]: agent demand -> node consumption
             self._fleet_households.append(torch.as_tensor(fleet.placement.household, device=self.device))
+
+    @property
+    def power_flow_solves(self) -> int:
+        """Training power-flow samples so far (read-only; see :attr:`counters`)."""
+        return self.counters.power_flow_solves
 
     @property
     def n_agents(self) -> int:
@@ -302,7 +308,7 @@ class Environment:
             if step_wise:
                 if tap_controller is None:
                     flow = self.solver.solve(exo.load_scale[:, t], p_t, q_t, warm_start=warm)
-                    self.power_flow_solves += b
+                    self.counters.count_solves(b)
                 else:
                     flow = tap_controller.solve_step(exo.load_scale[:, t], p_t, q_t, warm)
                 warm = flow
@@ -312,11 +318,11 @@ class Environment:
         taps = None
         if not step_wise:
             flow = self.solver.solve(exo.load_scale, p_all, q_all)
-            self.power_flow_solves += b * steps
+            self.counters.count_solves(b * steps)
         elif tap_controller is None:
             flow = combine_results(flows, "stack")
         else:
-            self.power_flow_solves += tap_controller.solves
+            self.counters.count_solves(tap_controller.solves)
             tap_controller.solves = 0
             taps = tap_controller.history()
             flow = combine_results(flows, "stack")
@@ -359,7 +365,7 @@ class Environment:
         supports per-sample taps, else grouped by tap state (:class:`TapSolvers`);
         differentiable like :meth:`solve`. Counts ``B x T`` solves."""
         b, steps = p_kw.shape[:2]
-        self.power_flow_solves += b * steps
+        self.counters.count_solves(b * steps)
         if taps is None:
             return self.solver.solve(load_scale, p_kw, q_kvar, warm_start=warm)
         if self.feeder is not None:

@@ -9,6 +9,12 @@ Definitions (all on the monitored nodes and rated conductors of :mod:`gridflex.n
 * ``voltage_violation_pu_h``: sum over monitored nodes and steps of the voltage residual
   ``relu(|V| - v_max) + relu(v_min - |V|)`` x dt, mean per day.
 * ``max_voltage_deviation_pu``: largest voltage residual.
+* ``undervoltage_rate``, ``overvoltage_rate``: share of monitored node-time samples below
+  ``v_min`` / above ``v_max``.
+
+The five voltage metrics are :func:`voltage_violation_metrics` of the monitored magnitudes, the
+one definition that ``gridflex verify`` (:mod:`gridflex.runs.verify`) also applies to OpenDSS's
+solution.
 * ``line_overload_rate``: share of rated conductor-time samples with ``|I| > I_max``.
 * ``discomfort_degC_h``: comfort-band residual x dt, mean per heat pump per day.
 * ``losses_kwh_per_day``, ``peak_import_kw`` (largest source import of a step),
@@ -23,6 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from gridflex.learning.environment import Environment, Rollout
@@ -43,16 +50,59 @@ class NetworkTerms:
     converged: torch.Tensor
 
 
+def voltage_residual_pu(vm_pu: torch.Tensor, v_limits_pu: tuple[float, float]) -> torch.Tensor:
+    """The voltage residual ``relu(|V| - v_max) + relu(v_min - |V|)`` (pu), elementwise on ``vm_pu``
+    (any shape, pu); differentiable (training penalises it, the metrics count it)."""
+    v_min, v_max = v_limits_pu
+    return torch.relu(vm_pu - v_max) + torch.relu(v_min - vm_pu)
+
+
 def network_terms(env: Environment, rollout: Rollout, v_limits_pu: tuple[float, float], line_limits: bool = True) -> NetworkTerms:
     flow = rollout.flow
     vm = env.voltage_monitor.magnitudes_pu(flow.v_pu)
-    v_min, v_max = v_limits_pu
-    v_res = torch.relu(vm - v_max) + torch.relu(v_min - vm)
+    v_res = voltage_residual_pu(vm, v_limits_pu)
     if line_limits and len(env.current_monitor):
         loading = env.current_monitor.loading(flow.branch_currents_a)
     else:
         loading = vm.new_zeros(vm.shape[:-1] + (0,))
     return NetworkTerms(vm, v_res, loading, torch.relu(loading - 1.0), flow.source_power_kw, flow.converged)
+
+
+def voltage_violation_metrics(
+    vm_pu: torch.Tensor | np.ndarray,
+    v_limits_pu: tuple[float, float],
+    dt_h: float,
+    converged: torch.Tensor | np.ndarray | None = None,
+) -> dict[str, float]:
+    """The voltage metrics of the module docstring from monitored magnitudes.
+
+    Args:
+        vm_pu: ``[B, T, M]`` voltage magnitude (pu) of the ``M`` monitored nodes at every step of
+            ``B`` days; a torch tensor or a numpy array (numpy is read as float64).
+        v_limits_pu: ``(v_min, v_max)`` in pu.
+        dt_h: step length in hours (the pu·h sum's time unit).
+        converged: ``[B, T]`` bool, whether each step's power flow converged (``None``: all did). A
+            non-converged step counts as violated at every monitored node; its magnitudes enter
+            neither the pu·h sum, the maximum deviation nor the under/over-voltage rates.
+
+    Returns ``voltage_violation_rate``, ``voltage_violation_pu_h`` (per day),
+    ``max_voltage_deviation_pu``, ``undervoltage_rate`` and ``overvoltage_rate`` as floats.
+    """
+    vm = vm_pu if isinstance(vm_pu, torch.Tensor) else torch.as_tensor(np.asarray(vm_pu, dtype=np.float64))
+    ok = (torch.ones(vm.shape[:-1], dtype=torch.bool, device=vm.device) if converged is None
+          else torch.as_tensor(converged, device=vm.device).to(torch.bool))
+    v_min, v_max = v_limits_pu
+    with torch.no_grad():
+        residual = voltage_residual_pu(vm, v_limits_pu)
+        violated = (residual > 0) | ~ok[..., None]
+        residual_ok = torch.where(ok[..., None], residual, torch.zeros_like(residual))
+        return {
+            "voltage_violation_rate": float(violated.double().mean()),
+            "voltage_violation_pu_h": float(residual_ok.sum() * dt_h / vm.shape[0]),
+            "max_voltage_deviation_pu": float(residual_ok.max()) if residual_ok.numel() else 0.0,
+            "undervoltage_rate": float(((vm < v_min) & ok[..., None]).double().mean()),
+            "overvoltage_rate": float(((vm > v_max) & ok[..., None]).double().mean()),
+        }
 
 
 def day_costs(env: Environment, rollout: Rollout) -> dict[str, torch.Tensor]:
@@ -93,9 +143,7 @@ def evaluation_metrics(
         n_days = rollout.exogenous.batch
         ok = terms.converged  # [B, T]
         bad = ~ok
-        violated = (terms.v_residual_pu > 0) | bad[..., None]
         overloaded = (terms.line_residual > 0) | bad[..., None]
-        v_res_ok = torch.where(ok[..., None], terms.v_residual_pu, torch.zeros_like(terms.v_residual_pu))
         costs = day_costs(env, rollout)
         total = sum(costs.values())
         flow = rollout.flow
@@ -105,11 +153,7 @@ def evaluation_metrics(
         metrics: dict[str, object] = {
             "cost_per_day": float(total.mean()),
             "cost_breakdown": {k: float(v.mean()) for k, v in costs.items()},
-            "voltage_violation_rate": float(violated.double().mean()),
-            "voltage_violation_pu_h": float(v_res_ok.sum() * dt_h / n_days),
-            "max_voltage_deviation_pu": float(v_res_ok.max()) if v_res_ok.numel() else 0.0,
-            "undervoltage_rate": float(((terms.vm_pu < v_limits_pu[0]) & ok[..., None]).double().mean()),
-            "overvoltage_rate": float(((terms.vm_pu > v_limits_pu[1]) & ok[..., None]).double().mean()),
+            **voltage_violation_metrics(terms.vm_pu, v_limits_pu, dt_h, ok),
             "line_overload_rate": float(overloaded.double().mean()) if overloaded.numel() else 0.0,
             "max_line_loading": float(torch.where(ok[..., None], terms.line_loading, torch.zeros_like(terms.line_loading)).max()) if terms.line_loading.numel() else 0.0,
             "discomfort_degC_h": _discomfort(env, rollout),

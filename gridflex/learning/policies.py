@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -136,6 +137,26 @@ class FleetPolicy(nn.Module):
         return torch.sigmoid(self.logits(obs)).to(obs.dtype)
 
 
+@dataclass(frozen=True)
+class DeployablePolicy:
+    """A fleet's deterministic controller in exportable parts (``gridflex export``).
+
+    ``u = squash(policy.logits(obs) + offset)`` ``[..., N, d]``: ``squash`` is ``"sigmoid"``
+    (``1 / (1 + exp(-x))``) or ``"clip"`` (``clip(x, 0, 1)``); ``offset`` is a constant in logit
+    (sigmoid) or u (clip) units. A learner that can be exported returns one per fleet from
+    ``deployable_policies()``.
+    """
+
+    policy: FleetPolicy
+    squash: str = "sigmoid"
+    offset: float = 0.0
+
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+        x = self.policy.logits(obs) + self.offset
+        u = torch.sigmoid(x) if self.squash == "sigmoid" else x.clamp(0.0, 1.0)
+        return u.to(obs.dtype)
+
+
 class PolicySet(nn.ModuleList):
     """One :class:`FleetPolicy` per fleet of an environment, in fleet order."""
 
@@ -149,9 +170,6 @@ class PolicySet(nn.ModuleList):
                         out_scale, generator, dtype, env.device)
             for i, f in enumerate(env.fleets)
         )
-
-    def parameters_by_fleet(self) -> list[list[nn.Parameter]]:
-        return [list(p.parameters()) for p in self]
 
 
 # ----------------------------------------------------------------------------- per-agent ops

@@ -22,7 +22,7 @@ whose key does not match is ignored (stale), and the run says so.
 
 **Lookup** (:func:`read_target`; the rule is in docs/gradmap.md, "Target sidecar"): first the
 sidecar beside the scenario; when it is missing or its key does not match, every shipped
-scenario's sidecar (``gridflex.scenario.shipped_scenarios_dir()``) whose key matches, so a copy of
+scenario's sidecar (``gridflex.shipped.shipped_scenarios_dir()``) whose key matches, so a copy of
 a shipped scenario in another folder (or under another file name) finds its target. The key, not
 the file name, decides.
 
@@ -100,7 +100,7 @@ def find_sidecar(loaded: LoadedScenario) -> tuple[Path | None, dict | None, str]
     """``(path, document, why)``: the sidecar whose key is :func:`targets_key` of ``loaded``,
     beside the scenario first, then among the shipped scenarios' sidecars; ``(None, None, why)``
     when none matches, ``why`` saying what was looked at."""
-    from gridflex.scenario import shipped_scenarios_dir
+    from gridflex.shipped import shipped_scenarios_dir
 
     key = targets_key(loaded)
     own = sidecar_path(loaded)
@@ -185,79 +185,3 @@ def time_to_target(rows: list[dict], target: Target, column: str = "wall_s") -> 
         if target.met(row.get("val_violation_rate"), row.get("val_cost_per_day")):
             return None if row.get(column) is None else float(row[column])
     return None
-
-
-# ------------------------------------------------------------------------------------------------
-# Computing the sidecar (``gridflex targets SCENARIO``)
-# ------------------------------------------------------------------------------------------------
-
-
-def compute_targets(loaded: LoadedScenario, registry, pm=None, *, reference: bool = True,
-                    command: str = "", progress=print) -> dict:
-    """C_no_control and C_ref on the scenario's validation days, written to the sidecar.
-
-    The validation days are the trainer's (:func:`gridflex.learning.training.validation_days_exogenous`:
-    ``data.n_validation_days`` evenly spaced over the validation split); both controllers are
-    rolled out with the scenario's solver under its tap treatment and scored by
-    :func:`gridflex.learning.metrics.evaluation_metrics` with the evaluation limits ``v_limits_pu``.
-    The centralised ``reference`` plans with perfect foresight (its :meth:`prepare`), with the
-    scenario's voltage limits and line-limit switch. ``reference=False`` writes ``c_ref: null``.
-    Returns the document written (plus ``"path"``).
-    """
-    import torch
-
-    from gridflex.learning.metrics import evaluation_metrics
-    from gridflex.learning.training import validation_days_exogenous
-    from gridflex.runs.world import build_world
-
-    cfg = loaded.config
-    started = time.perf_counter()
-    say = progress
-    progress = lambda line: say(f"{line} (elapsed {time.perf_counter() - started:.0f} s)")  # noqa: E731
-    world = build_world(loaded, registry, pm, progress=progress)
-    env = world.env
-    exo = validation_days_exogenous(world)
-    limits = tuple(cfg.limits.v_limits_pu)
-
-    def score(learner) -> tuple[dict, float]:
-        t0 = time.perf_counter()
-        learner.prepare(exo)
-        with torch.no_grad():
-            rollout = env.rollout(exo, learner.act, voltage_feedback=type(learner).voltage_feedback)
-            return evaluation_metrics(env, rollout, limits, cfg.limits.line_limits), time.perf_counter() - t0
-
-    nc_cls = registry.get("learner", "no_control")
-    nc_metrics, _ = score(nc_cls(nc_cls.Config(), env, seed=cfg.seed))
-    progress(f"no_control: {nc_metrics['cost_per_day']:.2f} /day, violation rate "
-             f"{nc_metrics['voltage_violation_rate']:.4f} on {exo.batch} validation days")
-    extra: dict = {"tap_treatment": env.tap_treatment, "taps": env.base_taps,
-                   "no_control_violation_rate": nc_metrics["voltage_violation_rate"],
-                   "no_control_line_overload_rate": nc_metrics["line_overload_rate"]}
-    c_ref = None
-    if reference:
-        ref_cls = registry.get("learner", "reference")
-        ref_cfg = ref_cls.Config(v_limits_pu=limits, line_limits=cfg.limits.line_limits)
-        ref = ref_cls(ref_cfg, env, seed=cfg.seed)
-        ref.on_day = lambda b, day: progress(  # a day of IEEE 123 x 1,000 agents takes minutes
-            f"reference day {b + 1}/{exo.batch}: {ref.describe_day(day)}")
-        ref_metrics, seconds = score(ref)
-        c_ref = ref_metrics["cost_per_day"]
-        extras = ref.extras
-        extra.update({
-            "reference_ac_violation_rate": ref_metrics["voltage_violation_rate"],
-            "reference_line_overload_rate": ref_metrics["line_overload_rate"],
-            "reference_discomfort_degC_h": ref_metrics["discomfort_degC_h"],
-            "reference_iterations_per_day": extras["iterations_per_day"],
-            "reference_solve_seconds_per_day": extras["solve_seconds_per_day"],
-            "reference_seconds_total": seconds,
-        })
-        progress(f"reference: {c_ref:.2f} /day, violation rate {ref_metrics['voltage_violation_rate']:.4f}, "
-                 f"{extras['iterations_per_day']:.1f} iterations and {extras['solve_seconds_per_day']:.1f} s "
-                 f"solve per day")
-    else:
-        extra["reference_ac_violation_rate"] = None
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    path = write_target_sidecar(loaded, float(nc_metrics["cost_per_day"]), None if c_ref is None else float(c_ref),
-                                n_validation_days=int(exo.batch), computed=stamp, command=command,
-                                reference="reference", **extra)
-    return {**json.loads(path.read_text()), "path": str(path)}

@@ -19,10 +19,11 @@ A learner that trains subclasses :class:`TrainableLearner` (its ``Config`` subcl
   power_flow_solves, env_gradient_evaluations, policy_updates, val_cost_per_day,
   val_violation_rate, dual_mean, dual_max``, then the learner's ``history_extras``, then
   ``meets_target``; an empty cell where a value is not meaningful.
-* **Checkpoints** (``checkpoint.pt``: the learner's state dict, counters, clock and history) saved
-  atomically (temp file, then ``os.replace``) at every validation point, loadable with
-  ``torch.load(..., weights_only=True)``; ``resume=True`` continues from one (its own validation
-  point is not repeated; a damaged one is a :class:`~gridflex.errors.UserError`, see docs/cli.md). With
+* **Checkpoints** (``checkpoint.pt``: the learner's state dict, counters, clock, history, RNG
+  states and the best validation point) saved atomically (temp file, then ``os.replace``) at every
+  validation point and on Ctrl-C (:mod:`gridflex.learning.crash_safety`), loadable with
+  ``torch.load(..., weights_only=True)``; ``resume=True`` continues from one exactly as if never
+  stopped (CPU; its own validation point is not repeated; a damaged one is a UserError). With
   ``select_best`` the learner ends in the state of its best validation point (target met at the
   lowest cost, else the lowest violation rate), saved as ``policy.pt``.
 * The ``gridflex_on_iteration(run, record)`` hook is called with each history row.
@@ -51,6 +52,7 @@ from gridflex.learning.environment import Exogenous
 from gridflex.learning.metrics import evaluation_metrics
 from gridflex.progress import Progress
 from gridflex.learning.targets import Target
+from gridflex.learning.crash_safety import InterruptRequest, TrainingInterrupted
 
 BASE_COLUMNS = ("iteration", "wall_s", "eval_wall_s", "power_flow_solves",
                 "env_gradient_evaluations", "policy_updates", "val_cost_per_day",
@@ -87,11 +89,6 @@ class TrainableLearner(Learner, abc.ABC):
     trains = True
     history_extras: ClassVar[tuple[str, ...]] = ()  # learner-specific history.csv columns
     dual_columns: ClassVar[tuple[str, ...]] = ()  # dual_report() columns, written after dual_max
-
-    def __init__(self, config, env, *, seed: int = 0):
-        super().__init__(config, env, seed=seed)
-        self.env_gradient_evaluations = 0
-        self.policy_updates = 0
 
     def train(self, trainer: Trainer) -> TrainingResult:
         return trainer.fit(self)
@@ -155,10 +152,14 @@ def validation_days_exogenous(world) -> Exogenous:
 class Trainer:
     """Runs a :class:`TrainableLearner` under the budget and protocol of the module docstring."""
 
+    _restored_rng, _restored_best = False, (None, None)  # set by _load_checkpoint
+
     def __init__(self, world, *, out_dir: Path | None = None, pm=None, target: Target | None = None,
                  seed: int = 0, progress: bool = True, resume: bool = False, run_info: RunInfo | None = None):
         self.world = world
         self.env = world.env
+        #: validation judges with the evaluation solver (exact AC by default), as the test does
+        self.judge_env = world.eval_env
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.pm = pm
         self.target = target
@@ -182,11 +183,10 @@ class Trainer:
 
     def validate(self, learner: Learner) -> dict:
         """Validation metrics of ``learner.act`` (validation solves are not training solves)."""
-        solves = self.env.power_flow_solves
-        with torch.no_grad():
-            rollout = self.env.rollout(self._validation, learner.act)
-            metrics = evaluation_metrics(self.env, rollout, self._v_limits, self.line_limits)
-        self.env.power_flow_solves = solves
+        env = self.judge_env
+        with torch.no_grad(), env.counters.paused():
+            rollout = env.rollout(self._validation, learner.act)
+            metrics = evaluation_metrics(env, rollout, self._v_limits, self.line_limits)
         return metrics
 
     # ------------------------------------------------------------------ loop
@@ -197,13 +197,19 @@ class Trainer:
         offset_s = eval_s = eval_base = 0.0
         iteration = 0
         start = time.perf_counter()
+        with InterruptRequest(self.progress) as interrupt:
+            return self._fit(learner, cfg, columns, history, offset_s, eval_s, eval_base, iteration, start,
+                             interrupt)
+
+    def _fit(self, learner, cfg, columns, history, offset_s, eval_s, eval_base, iteration, start, interrupt):
         if self.resume and self.out_dir is not None and (self.out_dir / CHECKPOINT).exists():
             iteration, offset_s, eval_base, history = self._load_checkpoint(learner)
             eval_s = eval_base
             if self.progress:
                 print(f"resumed from iteration {iteration} ({offset_s:.1f} s of training clock) of "
                       f"{self.out_dir / CHECKPOINT}", file=sys.stderr, flush=True)
-            self.rng = np.random.default_rng([self.seed, 0x747261696E, iteration])
+            if not self._restored_rng:  # a checkpoint from before RNG states were saved
+                self.rng = np.random.default_rng([self.seed, 0x747261696E, iteration])
         else:
             learner.setup(self)
         clock = lambda: offset_s + time.perf_counter() - start - (eval_s - eval_base)  # noqa: E731
@@ -211,8 +217,11 @@ class Trainer:
         resumed_at = None
         if history and self.resume:  # the checkpoint's own validation point: not validated twice
             resumed_at = iteration
-            best_index, best_score = len(history) - 1, _score(history[-1], self.target)
-            best_state = copy.deepcopy(learner.state_dict()) if cfg.select_best else None
+            best_index, best_state = self._restored_best
+            best_index = len(history) - 1 if best_index is None else best_index
+            best_score = _score(history[best_index], self.target)
+            if cfg.select_best and best_state is None:
+                best_state = copy.deepcopy(learner.state_dict())
         next_val_s = clock() if not history else float(history[-1]["wall_s"]) + cfg.validation_interval_s
         bar = self._progress_bar(cfg)
         last_extras: dict = {}
@@ -233,7 +242,8 @@ class Trainer:
                     best_score, best_index = score, len(history) - 1
                     if cfg.select_best:
                         best_state = copy.deepcopy(learner.state_dict())
-                self._save_checkpoint(learner, iteration, now, history)
+                self._save_checkpoint(learner, iteration, now, history,
+                                      (best_index, None if best_index == len(history) - 1 else best_state))
                 if self.pm is not None:
                     self.pm.hook.gridflex_on_iteration(run=self.run_info, record=dict(row))
                 eval_s += time.perf_counter() - t_eval  # files and hook count as validation time
@@ -245,6 +255,9 @@ class Trainer:
                              f"{row['val_cost_per_day']:.1f} EUR/day")
             if done:
                 break
+            if interrupt.requested:  # Ctrl-C: a consistent checkpoint at this iteration, then stop
+                self._save_checkpoint(learner, iteration, clock(), history, (best_index, best_state))
+                raise TrainingInterrupted(self.out_dir and self.out_dir / CHECKPOINT, iteration)
             last_extras = learner.train_iteration(self)
             iteration += 1
             if bar is not None and bar._bar is not None:  # a terminal bar also moves between validations
@@ -254,9 +267,7 @@ class Trainer:
             bar.close(f"{iteration} iterations, {clock():.1f} s of training clock")
         train_seconds = history[-1]["wall_s"]
         if cfg.select_best and best_state is not None:
-            work = (learner.env_gradient_evaluations, learner.policy_updates)
-            learner.load_state_dict(best_state)
-            learner.env_gradient_evaluations, learner.policy_updates = work  # work done stays counted
+            learner.load_state_dict(best_state)  # the work done stays counted in env.counters
         if self.out_dir is not None:
             _atomic_save({"learner": learner.state_dict(), "history_index": best_index}, self.out_dir / POLICY)
         ttt = None
@@ -288,9 +299,7 @@ class Trainer:
         dual_mean, dual_max = learner.dual_summary()
         row = {
             "iteration": iteration, "wall_s": wall_s, "eval_wall_s": None,
-            "power_flow_solves": self.env.power_flow_solves,
-            "env_gradient_evaluations": learner.env_gradient_evaluations,
-            "policy_updates": learner.policy_updates,
+            **self.env.counters.as_dict(),
             "val_cost_per_day": metrics["cost_per_day"],
             "val_violation_rate": metrics["voltage_violation_rate"],
             "dual_mean": dual_mean, "dual_max": dual_max,
@@ -317,23 +326,31 @@ class Trainer:
                 writer.writerow(["" if row.get(c) is None else _fmt(row.get(c)) for c in columns])
         os.replace(tmp, self.out_dir / HISTORY)
 
-    def _save_checkpoint(self, learner, iteration, wall_s, history) -> None:
+    def _save_checkpoint(self, learner, iteration, wall_s, history, best=(None, None)) -> None:
+        """``best``: (history index of the best validation point, its learner state or ``None``
+        when that is the checkpoint's own state). The RNG states make a resumed run continue the
+        same random streams (days drawn, minibatches, torch's global generator)."""
         if self.out_dir is None:
             return
         state = {"format": 1, "learner": learner.state_dict(), "iteration": iteration,
                  "wall_s": float(wall_s), "eval_wall_s": float(history[-1]["eval_wall_s"]),
-                 "power_flow_solves": int(self.env.power_flow_solves),
-                 "env_gradient_evaluations": int(learner.env_gradient_evaluations),
-                 "policy_updates": int(learner.policy_updates),
-                 "history": [dict(r) for r in history]}
+                 **self.env.counters.as_dict(),
+                 "history": [dict(r) for r in history],
+                 "rng": {"trainer": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
+                 "best": {"index": best[0], "state": best[1]}}
         _atomic_save(state, self.out_dir / CHECKPOINT)
 
     def _load_checkpoint(self, learner):
         state = read_checkpoint(self.out_dir / CHECKPOINT)
         learner.load_state_dict(state["learner"])
-        learner.env_gradient_evaluations = state["env_gradient_evaluations"]
-        learner.policy_updates = state["policy_updates"]
-        self.env.power_flow_solves = state["power_flow_solves"]
+        rng = state.get("rng")
+        self._restored_rng = isinstance(rng, dict) and "trainer" in rng
+        if self._restored_rng:
+            self.rng.bit_generator.state = rng["trainer"]
+            torch.set_rng_state(rng["torch"])
+        best = state.get("best") or {}
+        self._restored_best = (best.get("index"), best.get("state"))
+        self.env.counters.load(state)
         return state["iteration"], state["wall_s"], state["eval_wall_s"], list(state["history"])
 
 

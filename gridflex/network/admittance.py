@@ -11,9 +11,11 @@ the primitives equal the engine's ``CktElement.Yprim`` (see tests/test_admittanc
   taps, wye/delta connections, the ppm "anti-float" shunt on every winding and on open neutrals,
   %noloadloss/%imag on winding 2);
 * capacitor: a constant admittance ``jQ/V²`` per phase at its rated kV, wye or delta;
+* reactor: ``(R + jX)⁻¹`` (plus ``1/Rp``) per phase, series or shunt (wye between bus1 and
+  bus2's grounded conductors, delta phase to phase), or the inverse of its full Z matrix;
 * Vsource: the Thevenin impedance from its sequence impedances as a Norton admittance.
 
-Loads have no primitive here: gridflex's Y never holds load admittances (see grid.py).
+Loads, generators, PV systems and storage have no primitive here: gridflex's Y never holds load admittances (see grid.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import math
 
 import numpy as np
 
-from gridflex.network.feeder import Capacitor, Line, Transformer, Vsource
+from gridflex.network.feeder import Capacitor, Line, Reactor, Transformer, Vsource
 
 SQRT3 = math.sqrt(3.0)
 SOLID_GROUND_S = 1.0e6  # OpenDSS's admittance for a neutral with Rneut = Xneut = 0
@@ -236,6 +238,42 @@ def capacitor_primitive(capacitor: Capacitor, frequency_hz: float, base_hz: floa
             pair = [i, (i + 1) % m]
             y[np.ix_(pair, pair)] += y_unit * np.array([[1.0, -1.0], [-1.0, 1.0]])
     return open_conductors(y, capacitor.open_conductors)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reactors
+# ---------------------------------------------------------------------------------------------
+def reactor_primitive(reactor: Reactor) -> np.ndarray:
+    """Primitive (S) of a reactor, as OpenDSS's ``TReactorObj.CalcYPrim`` at base frequency.
+
+    Wye (series or shunt): ``[2n, 2n]``, ``two_terminal(Y)`` with ``Y = (R + jX)⁻¹`` (``[n, n]``,
+    plus ``1/Rp`` on the diagonal when ``rp_ohm`` is set; ``R⁻¹ + (jX)⁻¹`` when ``parallel``).
+    Delta (one terminal, ``[m, m]``): unit ``i`` between conductors ``i`` and ``i + 1`` (mod m).
+    """
+    r, x = np.asarray(reactor.r_ohm, dtype=float), np.asarray(reactor.x_ohm, dtype=float)
+    n = reactor.n_phases
+    diagonal = not np.any(r - np.diag(np.diag(r))) and not np.any(x - np.diag(np.diag(x)))
+    if reactor.parallel:  # Rmatrix in parallel with Xmatrix
+        y = np.zeros((n, n), dtype=complex)
+        if np.any(r):
+            y += np.linalg.inv(r)
+        if np.any(x):
+            y += np.linalg.inv(1j * x)
+    else:
+        y = np.linalg.inv(r + 1j * x)
+    if reactor.rp_ohm:
+        y = y + np.eye(n) / reactor.rp_ohm
+    if reactor.conn == "wye":
+        y_prim = two_terminal(y)
+    else:
+        if not diagonal:
+            raise ValueError(f"reactor {reactor.name!r}: a delta reactor needs a diagonal R/X")
+        m = len(reactor.nodes1)
+        y_prim = np.zeros((m, m), dtype=complex)
+        for i in range(n):
+            pair = [i, (i + 1) % m]
+            y_prim[np.ix_(pair, pair)] += y[i, i] * np.array([[1.0, -1.0], [-1.0, 1.0]])
+    return open_conductors(y_prim, reactor.open_conductors)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,14 +21,12 @@ import yaml
 
 from gridflex.network.feeder import Feeder
 from gridflex.network.grid import Grid
-from gridflex.scenario import shipped_scenarios_dir
-
-AMPACITY_FILE = "feeders/line_ampacity.yaml"
+from gridflex.shipped import line_ampacity_path
 
 
 def line_ampacity_table() -> dict[str, float]:
     """Linecode name (lower case) -> ampacity of its phase conductor (A)."""
-    raw = yaml.safe_load((shipped_scenarios_dir() / AMPACITY_FILE).read_text())
+    raw = yaml.safe_load(line_ampacity_path().read_text())
     conductors = raw["conductors_a"]
     return {str(code).lower(): float(conductors[name]) for code, name in raw["linecodes"].items()}
 
@@ -47,7 +45,7 @@ def ungrounded_buses(feeder: Feeder) -> set[str]:
             bus = parent[bus]
         return bus
 
-    for line in feeder.lines:
+    for line in [*feeder.lines, *(r for r in feeder.reactors if r.bus2)]:  # series reactors too
         parent[find(line.bus1)] = find(line.bus2)
     grounded = {find(source.bus1) for source in feeder.vsources}
     for transformer in feeder.transformers:
@@ -152,7 +150,7 @@ def current_monitor(
     transformers = {f"transformer.{t.name}": t for t in feeder.transformers}
     names, columns, ratings = [], [], []
     for branch in grid.branches:
-        if branch.kind == "switch":
+        if branch.kind in ("switch", "reactor"):  # not rated here (a reactor: issue #19)
             continue
         if branch.kind == "line":
             rating = ampacity.get((branch.line_code or "").lower())

@@ -147,7 +147,6 @@ class NetworkEquations:
         self.y_real = _real_stack(sp.csr_matrix(np.where(np.abs(y_pu) > 0, y_pu, 0)))  # [2n, 2n]
         self.i_norton = y_pu @ net.w_all.cpu().numpy()  # the Norton injection: Y w = i_norton
         self.iter_nodes = net.iter_nodes.cpu().numpy()
-        self.inj_nodes = self.iter_nodes[net.inj_pos.cpu().numpy()]
         self.node_a = np.asarray(node_a, dtype=np.int64)
         self.node_b = np.asarray(node_b, dtype=np.int64)
         self.source_nodes = net.source_nodes.cpu().numpy()

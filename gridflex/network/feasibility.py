@@ -101,7 +101,7 @@ class FeasibilityLayer:
         # accuracy gradcheck needs (SCS's first-order accuracy does not)
         self.layer = CvxpyLayer(self.problem, parameters=params, variables=variables,
                                 solver_args={"solve_method": solve_method, **(solver_args or {})})
-        self._m, self._r = m, r
+        self._r = r
 
     def _offsets(self, load_scale: torch.Tensor) -> list[torch.Tensor]:
         """Constant terms at ``load_scale [B, L]`` (device-free model), differentiable."""
@@ -134,21 +134,3 @@ class FeasibilityLayer:
         """``||(y* - x) / scale_kw||^2`` ``[...]``: the network term (module docstring)."""
         return self.project(p_kw, q_kvar, load_scale).distance_sq
 
-
-def layer_for_environment(env, v_limits_pu=(0.955, 1.045), *, line_limits: bool = True,
-                          load_mult: float = 1.0, **kwargs) -> FeasibilityLayer:
-    """A :class:`FeasibilityLayer` on an :class:`~gridflex.learning.environment.Environment`'s network, injection
-    nodes, monitored nodes and rated conductors, linearised at the base case ``load_mult``.
-
-    Use with the rollout's joint injections: ``layer.squared_distance(rollout.p_injection_kw,
-    rollout.q_injection_kvar, exo.load_scale)`` ``[B, T]``.
-    """
-    from gridflex.network.linearised import linearise
-    from gridflex.network.powerflow import build_network
-
-    net = build_network(env.grid, env.injection_nodes)
-    linear = linearise(net, np.full(net.n_loads, load_mult))
-    monitor = env.current_monitor
-    columns, ratings = (monitor.columns, monitor.rating_a) if line_limits and len(monitor) else ((), ())
-    return FeasibilityLayer(linear, env.voltage_monitor.node_a, env.voltage_monitor.node_b, v_limits_pu,
-                            current_columns=columns, rating_a=ratings, **kwargs)

@@ -23,14 +23,25 @@ import dataclasses
 import gzip
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: reactors, DERs, CapControls, load status/vlowpu, circuit LoadMult, notes
 TAPS_MODES = ("file", "opendss")
 
 Matrix = list[list[float]]
+LOAD_STATUSES = ("variable", "fixed", "exempt")
+
+
+class FeederWarning(UserWarning):
+    """Something about a feeder the user should know (a setting raised, islanded buses, ...)."""
+
+
+def warn(message: str) -> None:
+    """Emit a :class:`FeederWarning` (printed once per message on stderr by default)."""
+    warnings.warn(message, FeederWarning, stacklevel=3)
 
 # Length units of OpenDSS lines (the engine's enumeration index = position) and their size in m.
 LINE_UNITS_M = {
@@ -196,14 +207,20 @@ class Capacitor:
 
 @dataclass
 class Load:
-    """A spot load in OpenDSS semantics (``kv`` is the load's own rating; see grid.py)."""
+    """A spot load in OpenDSS semantics (``kv`` is the load's own rating; see grid.py).
+
+    ``kw``/``kvar`` are the file's base values (before the circuit's ``load_mult``). ``status`` is
+    OpenDSS's: ``"variable"`` loads follow LoadMult (and gridflex's load multipliers),
+    ``"fixed"`` and ``"exempt"`` loads keep their kW/kvar. Below ``vlowpu`` (of the rating) the
+    load is a constant impedance at nominal (OpenDSS's VLowpu).
+    """
 
     name: str
     bus: str
     nodes: list[int]  # engine conductor order; wye loads end with the neutral conductor
     n_phases: int
     conn: str  # "wye" | "delta"
-    model: int  # OpenDSS load model (1 const PQ, 2 const Z, 4 exponential, 5 const |I|)
+    model: int  # OpenDSS load model (1 const PQ, 2 const Z, 3 const P + quadratic Q, 4 exponential, 5 const |I|)
     kv: float
     kw: float
     kvar: float
@@ -211,6 +228,75 @@ class Load:
     vmaxpu: float
     cvr_watts: float
     cvr_vars: float
+    status: str = "variable"  # one of LOAD_STATUSES
+    vlowpu: float = 0.5
+
+
+@dataclass
+class Reactor:
+    """An OpenDSS Reactor: series (``bus2`` given) or shunt (``bus2``'s conductors grounded, or a
+    delta bank with one terminal: ``bus2 = ""``).
+
+    ``r_ohm``/``x_ohm`` are ``[n, n]`` phase impedance matrices (ohm): diagonal for a reactor
+    given by R/X or kvar, full for Rmatrix/Xmatrix or sequence impedances. ``rp_ohm`` is the
+    parallel resistance (0 = none); ``parallel`` puts the R and X matrices in parallel instead of
+    in series (OpenDSS ``Parallel=Yes``, which the engine applies to Rmatrix/Xmatrix reactors only).
+    """
+
+    name: str
+    bus1: str
+    nodes1: list[int]
+    bus2: str
+    nodes2: list[int]
+    n_phases: int
+    conn: str  # "wye" | "delta"
+    r_ohm: Matrix
+    x_ohm: Matrix
+    rp_ohm: float = 0.0
+    parallel: bool = False
+    norm_amps: float | None = None
+    open_conductors: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Generation:
+    """A generator, PV system or storage unit as the fixed injection the file defines.
+
+    ``kw``/``kvar`` are *produced* (positive = into the grid) at the file's operating point,
+    read from the engine (a PV system's output at its irradiance, a storage unit's at its
+    state). At a power flow OpenDSS models these elements (model 1) as constant P and Q inside
+    [vminpu, vmaxpu] of the rated voltage and as the constant impedance of that power at vminpu
+    (below) or vmaxpu (above); model 2 is a constant impedance throughout.
+    """
+
+    name: str  # "generator.g1", "pvsystem.pv1", "storage.st1"
+    bus: str
+    nodes: list[int]  # wye: n_phases + 1 conductors, the last the neutral; delta: n_phases (or 2)
+    n_phases: int
+    conn: str  # "wye" | "delta"
+    model: int  # 1 constant PQ, 2 constant Z
+    kv: float  # rated kV (line-to-line for 2- and 3-phase units)
+    kw: float  # produced
+    kvar: float  # produced
+    vminpu: float
+    vmaxpu: float
+
+
+@dataclass
+class CapControl:
+    """OpenDSS CapControl settings (recorded; gridflex keeps capacitor states frozen)."""
+
+    name: str
+    capacitor: str
+    type: str  # "current" | "voltage" | "kvar" | "pf" | "time" | ...
+    element: str
+    terminal: int
+    on_setting: float
+    off_setting: float
+    pt_ratio: float
+    ct_ratio: float
+    delay_s: float
+    delay_off_s: float
 
 
 @dataclass
@@ -253,6 +339,11 @@ class Feeder:
     capacitors: list[Capacitor]
     loads: list[Load]
     provenance: dict[str, Any] = field(default_factory=dict)
+    load_mult: float = 1.0  # the circuit's LoadMult: scales "variable" loads' kW and kvar
+    reactors: list[Reactor] = field(default_factory=list)
+    generation: list[Generation] = field(default_factory=list)
+    capcontrols: list[CapControl] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the reader did that the user should know
 
     # -- look-ups -----------------------------------------------------------------------------
     @property
@@ -308,6 +399,11 @@ class Feeder:
             capacitors=[Capacitor(**c) for c in data["capacitors"]],
             loads=[Load(**ld) for ld in data["loads"]],
             provenance=data.get("provenance", {}),
+            load_mult=data.get("load_mult", 1.0),
+            reactors=[Reactor(**r) for r in data.get("reactors", [])],
+            generation=[Generation(**g) for g in data.get("generation", [])],
+            capcontrols=[CapControl(**c) for c in data.get("capcontrols", [])],
+            notes=list(data.get("notes", [])),
         )
 
     def to_json(self, path: str | Path) -> Path:

@@ -19,6 +19,8 @@ Conventions
   for single-phase loads; kV/sqrt(3) for wye and kV for delta multi-phase loads; a "delta" load with
   one node is phase-to-ground at its line-to-line rating, as OpenDSS does).
 * Load powers are consumption (positive = drawn from the grid), in kW and kvar at ``load_v_nom_v``.
+  Generators, PV systems and storage are load branches with negative power (their elements,
+  named ``generator.x``, ``pvsystem.x``, ``storage.x``, are marked in ``load_fixed``).
 """
 
 from __future__ import annotations
@@ -39,12 +41,13 @@ class Branch:
     """
 
     name: str  # e.g. "line.l115", "transformer.reg1a"
-    kind: str  # "line" | "switch" | "transformer"
+    kind: str  # "line" | "switch" | "transformer" | "reactor"
     terminal_nodes: np.ndarray  # int [2m]
     yprim_si: np.ndarray  # complex [2m, 2m]
     n_phases: int
     line_code: str | None = None
     norm_amps: float | None = None
+    n_terminals: int = 2  # a w-winding transformer has w; a delta shunt reactor 1
 
 
 @dataclass
@@ -66,7 +69,7 @@ class Grid:
     load_p_kw: np.ndarray  # float, nominal consumption of this branch
     load_q_kvar: np.ndarray  # float
     load_v_nom_v: np.ndarray  # float, rated |V| across the branch
-    load_model: np.ndarray  # int, OpenDSS load model 1, 2, 4 or 5
+    load_model: np.ndarray  # int, OpenDSS load model 1, 2, 4 or 5 (model 3 arrives as 4 with exponents 0, 2)
     load_cvr_p: np.ndarray  # float, CVRwatts (model 4)
     load_cvr_q: np.ndarray  # float, CVRvars (model 4)
     load_vmin_pu: np.ndarray  # float, below it OpenDSS models the load as constant Z
@@ -74,12 +77,26 @@ class Grid:
     load_elements: list[str]  # unique load names, order of load_index
     branches: list[Branch] = field(default_factory=list)
     s_base_kva: float = 1000.0
+    # float [n_branches] OpenDSS VLowpu per branch (None: 0.5 everywhere); generation has 0
+    load_vlow_pu: np.ndarray | None = None
+    # bool [n_load_elements]: elements that load multipliers leave alone (OpenDSS status=fixed or
+    # exempt loads, and generation: generators, PV systems, storage, named "generator.x" etc.)
+    load_fixed: np.ndarray | None = None
     bus_coords: dict[str, tuple[float, float]] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)  # provenance: taps used, source files, ...
 
     @property
     def n_nodes(self) -> int:
         return len(self.node_names)
+
+    @property
+    def branch_slices(self) -> dict[str, slice]:
+        """Branch name -> slice of the terminal-current layout every solver's result uses
+        (``result.branch_currents_a[..., slice]``): branches in :attr:`branches` order, each
+        one's terminal conductors in ``terminal_nodes`` order (terminal 1, then terminal 2)."""
+        sizes = [len(b.terminal_nodes) for b in self.branches]
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        return {b.name: slice(int(starts[k]), int(starts[k + 1])) for k, b in enumerate(self.branches)}
 
     def node_index(self, name: str) -> int:
         """Index of node ``"bus.phase"`` (case-insensitive)."""

@@ -121,7 +121,7 @@ class TapSolvers:
         if it supports per-sample taps (``enable_taps``); once per instance. True when on."""
         if not self._batched_tried:
             self._batched_tried = True
-            if self.names and hasattr(solver, "enable_taps"):
+            if self.names and getattr(type(solver), "supports_taps", False):  # NetworkSolver capability
                 base = {**feeder.regulator_taps(), **base_taps}
                 try:
                     solver.enable_taps(self.tables(feeder), [base[n] for n in self.names])
@@ -182,6 +182,17 @@ class TapController:
     ):
         self.regs = list(feeder.regcontrols)
         self.names = [rc.transformer for rc in self.regs]
+        if getattr(feeder, "capcontrols", None):
+            from gridflex.network.feeder import warn  # noqa: PLC0415
+
+            warn(
+                f"feeder {feeder.name!r} has {len(feeder.capcontrols)} CapControl(s) "
+                f"({', '.join(c.name for c in feeder.capcontrols[:5])}"
+                f"{', ...' if len(feeder.capcontrols) > 5 else ''}): the tap controller moves "
+                "regulator taps only; every capacitor stays frozen in the state the feeder was "
+                f"read with (taps mode {feeder.provenance.get('taps', '?')!r}: 'opendss' = as the "
+                "engine's base-case solve settled them, 'file' = as written)"
+            )
         base = {**feeder.regulator_taps(), **(start_taps or {})}
         self.taps = np.tile(np.array([base[n] for n in self.names], dtype=np.int64), (batch, 1))
         self.solvers = solvers if isinstance(solvers, TapSolvers) else TapSolvers(self.names, solvers)

@@ -5,19 +5,23 @@ state, nothing at import time) loading every entry point of group ``gridflex``. 
 blocked by name with the environment variable ``GRIDFLEX_BLOCK_PLUGINS`` (comma-separated entry-point
 names, e.g. ``GRIDFLEX_BLOCK_PLUGINS=ippo,droop``).
 
-:class:`Registry` collects the components plugins register and rejects duplicates, naming both
-plugins.
+:class:`Registry` collects the components plugins register. Each class is checked when it is
+registered (:func:`check_component`: right base class, ``name``, ``Config``, nothing left abstract)
+and duplicates are rejected, naming both plugins.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as importlib_metadata
 import os
+import types
 from dataclasses import dataclass, field
 
 import pluggy
 
 from gridflex.plugins import hookspecs
+from gridflex.plugins.contracts import (Component, DeviceModel, FeederReader, Learner,
+                                         NetworkSolver, StrictConfig)
 from gridflex.errors import PluginError, UserError, did_you_mean
 
 ENTRY_POINT_GROUP = "gridflex"
@@ -45,6 +49,87 @@ def blocked_note() -> str:
         return ""
     return (f"; plugins blocked by {BLOCK_ENV_VAR}: {', '.join(blocked)} (their components are "
             f"unavailable; unset {BLOCK_ENV_VAR} to use them)")
+
+
+#: the base class every component of a kind must subclass
+BASES: dict[str, type] = {
+    "device": DeviceModel,
+    "solver": NetworkSolver,
+    "learner": Learner,
+    "feeder_reader": FeederReader,
+}
+
+#: kinds whose ``params`` a scenario sets, so their classes must declare ``Config``
+CONFIGURED_KINDS = ("device", "solver", "learner")
+
+
+def _qualname(obj: object) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def describe_plugin(name: str, plugin: object, dist: str = "", version: str = "") -> str:
+    """``plugin 'acme' (module acme_gridflex, distribution acme-gridflex 1.2.3)``: how error
+    messages name a plugin (entry-point or registration name, module, distribution)."""
+    module = getattr(plugin, "__name__", None) if isinstance(plugin, types.ModuleType) else None
+    module = module or getattr(type(plugin), "__module__", None)
+    parts = [f"module {module}"] if module else []
+    if dist:
+        parts.append(f"distribution {dist} {version}".rstrip())
+    return f"plugin {name!r}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def component_problems(kind: str, component: object) -> list[str]:
+    """What keeps ``component`` from being a valid ``kind`` component (empty: nothing).
+
+    Checked: it is a class; it subclasses :data:`BASES` ``[kind]``; it has a non-empty string
+    ``name``; it declares a ``Config`` subclassing :class:`StrictConfig` (the one inherited from
+    :class:`Component` does not count; feeder readers, which scenarios do not configure, may
+    omit it); its ``kind`` matches; no abstract method is left.
+    """
+    base = BASES[kind]
+    if not isinstance(component, type):
+        return [f"it is {type(component).__name__} {component!r}, not a class; register the class "
+                f"itself, a subclass of gridflex.plugins.contracts.{base.__name__}"]
+    problems = []
+    if not issubclass(component, base):
+        bases = ", ".join(_qualname(b) for b in component.__bases__)
+        problems.append(f"it does not subclass gridflex.plugins.contracts.{base.__name__} (its bases: "
+                        f"{bases}); every {kind} must, so that gridflex can rely on its methods")
+    name = getattr(component, "name", None)
+    if not isinstance(name, str) or not name:
+        problems.append(f"it has no string `name` class attribute (got {name!r}); set e.g. "
+                        f"`name = \"my_{kind}\"`, the `type` scenarios will use")
+    config = next((vars(k)["Config"] for k in component.__mro__
+                   if k is not Component and "Config" in vars(k)), None)
+    if config is None and kind in CONFIGURED_KINDS:
+        problems.append("it declares no nested `Config` class; add `class Config(StrictConfig): ...` "
+                        "(gridflex.plugins.contracts.StrictConfig; an empty body for no parameters)")
+    elif config is not None and not (isinstance(config, type) and issubclass(config, StrictConfig)):
+        problems.append(f"its `Config` ({config!r}) does not subclass "
+                        "gridflex.plugins.contracts.StrictConfig")
+    declared = getattr(component, "kind", kind)
+    if declared != kind:
+        problems.append(f"it declares kind {declared!r} but was registered as a {kind}")
+    abstract = sorted(getattr(component, "__abstractmethods__", ()) or ())
+    if abstract:
+        problems.append(f"it is still abstract: it does not implement {', '.join(abstract)} "
+                        f"(abstract in {base.__name__}; shapes and units are in each method's docstring)")
+    return problems
+
+
+def check_component(kind: str, component: object, where: str = "a plugin", plugin: str | None = None) -> None:
+    """Raise :class:`PluginError` (one paragraph: who, which class, what is missing) unless
+    ``component`` is a valid ``kind`` component (:func:`component_problems`)."""
+    problems = component_problems(kind, component)
+    if problems:
+        what = f"class {_qualname(component)}" if isinstance(component, type) else repr(component)
+        raise PluginError(
+            f"{where} registered as a {kind} {what}, which gridflex cannot use: "
+            + "; ".join(problems)
+            + ". Fix the class (docs/plugins.md walks through a complete device and learner) and "
+            "run the contract tests of gridflex.testing on it, or block the plugin with "
+            f"{BLOCK_ENV_VAR}={plugin or '<plugin name>'}."
+        )
 
 
 class GridflexPluginManager(pluggy.PluginManager):
@@ -117,7 +202,11 @@ class Registry:
 
     @classmethod
     def from_plugin_manager(cls, pm: pluggy.PluginManager) -> Registry:
-        """Call every ``gridflex_register_*`` hook and collect what plugins register."""
+        """Call every ``gridflex_register_*`` hook and collect what plugins register.
+
+        Each ``register(cls)`` call is checked at once (:func:`check_component`); the first bad
+        class raises :class:`PluginError` naming the plugin, its module and distribution.
+        """
         registry = cls()
         dists = getattr(pm, "distributions", {})
         for kind, hook_name in _REGISTER_HOOKS.items():
@@ -127,27 +216,26 @@ class Registry:
                 dist = dists.get(plugin_name)
                 dist_name = dist.metadata["name"] if dist is not None else ""
                 version = dist.version if dist is not None else ""
+                where = describe_plugin(plugin_name, impl.plugin, dist_name, version)
 
-                def register(component: type, _p=plugin_name, _d=dist_name, _v=version, _k=kind):
-                    registry._add(_k, component, _p, _d, _v)
+                def register(component: type, _p=plugin_name, _d=dist_name, _v=version, _k=kind,
+                             _w=where):
+                    registry._add(_k, component, _p, _d, _v, where=_w)
 
                 impl.function(register=register)
         return registry
 
-    def _add(self, kind: str, component: type, plugin: str, dist: str, version: str) -> None:
-        name = getattr(component, "name", None)
-        if not isinstance(name, str) or not name:
-            raise PluginError(f"plugin {plugin!r} registered {component!r} without a string `name`")
-        declared = getattr(component, "kind", kind)
-        if declared != kind:
-            raise PluginError(
-                f"plugin {plugin!r} registered {kind} {name!r} whose class declares kind {declared!r}"
-            )
+    def _add(self, kind: str, component: type, plugin: str, dist: str, version: str, *,
+             where: str | None = None) -> None:
+        where = where or f"plugin {plugin!r}"
+        check_component(kind, component, where, plugin)
+        name = component.name
         existing = self.components[kind].get(name)
         if existing is not None:
             raise PluginError(
                 f"duplicate {kind} name {name!r}: registered by plugin {existing.plugin!r} "
-                f"and by plugin {plugin!r}; block one with {BLOCK_ENV_VAR}={plugin}"
+                f"({_qualname(existing.cls)}) and by {where} ({_qualname(component)}); rename one "
+                f"or block one with {BLOCK_ENV_VAR}={plugin}"
             )
         self.components[kind][name] = ComponentInfo(kind, name, component, plugin, dist, version)
 

@@ -61,16 +61,18 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def learner_overrides(name: str, trains: bool, scenario_learner: str | None, overrides: list[str]) -> list[str]:
+def learner_overrides(name: str, trains: bool, scenario_learner: str | None, overrides: list[str],
+                      own: list[str] = ()) -> list[str]:
     """The scenario overrides of one learner's runs: its type, its params (a scenario's params
-    for another learner are dropped), and ``learner.params.*`` overrides for learners that train
+    for another learner are dropped), ``own`` (this learner's ``learner.params.*`` from a
+    ``--params`` overlay), then ``learner.params.*`` overrides for learners that train
     (non-learning controllers take no params)."""
     out = [o for o in overrides if not o.startswith(LEARNER_PARAMS)]
     out.append(f"learner.type={name}")
     if scenario_learner != name:
         out.append("learner.params={}")
     if trains:
-        out += [o for o in overrides if o.startswith(LEARNER_PARAMS)]
+        out += list(own) + [o for o in overrides if o.startswith(LEARNER_PARAMS)]
     return out
 
 
@@ -104,8 +106,10 @@ def machine_load() -> str:
 
 def compare(scenario: str | Path | None, learners: list[str], seeds: list[int], out_dir: Path, *,
             overrides: list[str] = (), registry=None, pm=None, progress: bool = True,
-            echo=print) -> dict:
-    """Run every learner with every seed; write and return ``comparison.json``."""
+            echo=print, learner_params: dict[str, list[str]] | None = None) -> dict:
+    """Run every learner with every seed; write and return ``comparison.json``.
+    ``learner_params``: per learner, its own ``learner.params.KEY=VALUE`` overrides (``--params``
+    overlays), recorded in ``comparison.json`` as ``learner_params``."""
     if registry is None:
         from gridflex.plugins.registry import load_registry
 
@@ -116,18 +120,22 @@ def compare(scenario: str | Path | None, learners: list[str], seeds: list[int], 
     scenario_learner = base.config.learner.type if base.config.learner else None
     target = read_target(base)
     result = {"target": target.summary(), "scenario": base.config.name,
-              "scenario_sha256": base.sha256(), "seeds": list(seeds), "learners": {}}
+              "scenario_sha256": base.sha256(), "seeds": list(seeds), "learners": {},
+              "learner_params": {k: list(v) for k, v in (learner_params or {}).items()}}
     for name in learners:
         cls = registry.get("learner", name)
-        loaded = load_scenario(scenario, learner_overrides(name, cls.trains, scenario_learner, list(overrides)), registry)
+        own = (learner_params or {}).get(name, [])
+        loaded = load_scenario(scenario, learner_overrides(name, cls.trains, scenario_learner, list(overrides), own),
+                               registry)
         runs, times, loose = [], [], []
         for seed in (seeds if cls.trains else seeds[:1]):
             echo(f"[compare] {name} seed {seed}; {machine_load()}")
             run_dir = out_dir / name / f"seed{seed}"
-            doc = execute_run(loaded, registry, pm, run_dir, learner_seed=seed, references=False,
-                              progress=progress)[name]
+            run = execute_run(loaded, registry, pm, run_dir, learner_seed=seed, references=False,
+                              progress=progress)
+            doc = run.metrics
             runs.append(doc)
-            rows = _history_rows(run_dir) if cls.trains else []
+            rows = run.history  # in memory; the same rows as run_dir/history.csv
             times.append(_to_target(rows, target))  # (None, None) without a history
             loose.append(_to_target(rows, _violation_only(target)))
             _add_final_duals(doc, rows)

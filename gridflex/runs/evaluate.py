@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from gridflex import __version__
+from gridflex.learning.counters import WorkCounters
 from gridflex.learning.environment import Rollout
 from gridflex.learning.metrics import evaluation_metrics, monitored_nodes_table
 from gridflex.fleet.profiles import DaySet, load_test_days
@@ -37,19 +38,21 @@ def held_out_days(world: World) -> DaySet:
 
 
 def evaluate(
-    world: World, learner, days: DaySet, n_days: int, regulated: bool
+    world: World, learner, days: DaySet, n_days: int, regulated: bool, *, on_day=None
 ) -> Evaluation:
     """Roll out ``learner`` (its :meth:`act`) on ``n_days`` days spread over ``days`` under the
     scenario's tap treatment (``metrics``), and with the tap controller active when ``regulated``
-    (``metrics_regulated``; the same rollout when the treatment is ``regulated``)."""
-    env = world.env
+    (``metrics_regulated``; the same rollout when the treatment is ``regulated``), in the
+    evaluation environment (the scenario's ``evaluation_solver``). Judging is not training work:
+    no counter moves. ``on_day`` goes to a planner's :meth:`prepare`."""
+    env = world.eval_env
     cfg = world.loaded.config
     positions = np.linspace(0, len(days) - 1, num=min(n_days, len(days))).round().astype(int)
     exo = env.exogenous(days.get(np.unique(positions)))
     limits = tuple(cfg.limits.v_limits_pu)
     act, voltage_feedback = learner.act, type(learner).voltage_feedback
-    learner.prepare(exo)
-    with torch.no_grad():
+    learner.prepare(exo, on_day=on_day)
+    with torch.no_grad(), env.counters.paused():
         rollout = env.rollout(exo, act, voltage_feedback=voltage_feedback)  # the scenario's tap treatment
         metrics = evaluation_metrics(env, rollout, limits, cfg.limits.line_limits)
         regulated_rollout, regulated_metrics = None, None
@@ -68,11 +71,12 @@ def metrics_document(
     *,
     seeds: list[int],
     train_seconds: float = 0.0,
-    env_gradient_evaluations: int = 0,
-    policy_updates: int = 0,
+    counters: WorkCounters | None = None,
 ) -> dict:
-    """The ``metrics.json`` contract of one (learner, seed) run."""
+    """The ``metrics.json`` contract of one (learner, seed) run; ``counters``: its training work
+    (none for a controller that does not train)."""
     cfg = world.loaded.config
+    work = (counters or WorkCounters()).as_dict()
     return {
         "scenario": cfg.name,
         "scenario_sha256": world.loaded.sha256(),
@@ -85,9 +89,9 @@ def metrics_document(
         "gridflex_version": __version__,
         "n_test_days": evaluation.metrics["n_days"],
         "train_seconds": train_seconds,
-        "power_flow_solves": world.env.power_flow_solves,
-        "env_gradient_evaluations": env_gradient_evaluations,
-        "policy_updates": policy_updates,
+        **work,
+        "solver": cfg.solver.type,
+        "evaluation_solver": cfg.evaluation_solver.type,
         "test": evaluation.metrics,
         "test_regulated": evaluation.metrics_regulated or {},
     }
@@ -99,7 +103,7 @@ def write_run_outputs(out_dir: Path, world: World, document: dict, evaluation: E
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(document, indent=2))
     nodes_path = out_dir / "monitored_nodes.txt"
-    nodes_path.write_text(monitored_nodes_table(world.env))
+    nodes_path.write_text(monitored_nodes_table(world.eval_env))
     schedule_path = out_dir / "schedules.npz"
     save_schedules(schedule_path, world, evaluation)
     return [metrics_path, nodes_path, schedule_path]
@@ -111,9 +115,9 @@ def save_schedules(path: Path, world: World, evaluation: Evaluation) -> None:
 
     ``load_scale[B, T, L]`` (per spot load), ``p_kw/q_kvar[B, T, n_inj]`` net consumption at
     ``injection_nodes``, the fixed ``taps`` (frozen or settled; ``taps_per_step [B, T, n_reg]``
-    under the regulated treatment), and our solver's ``vm_pu[B, T, n]``.
+    under the regulated treatment), and the evaluation solver's ``vm_pu[B, T, n]``.
     """
-    env = world.env
+    env = world.eval_env
     rollout = evaluation.rollout
     arrays = {
         "load_scale": rollout.exogenous.load_scale.cpu().numpy(),

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from gridflex.errors import UserError
-from gridflex.network.feeder import TAPS_MODES, Feeder
-from gridflex.scenario import BUILTIN_FEEDERS
+from gridflex.network.feeder import TAPS_MODES, Feeder, warn
+from gridflex.plugins.registry import Registry, load_registry
+from gridflex.shipped import builtin_feeder_names
 
 FEEDER_JSON_SUFFIXES = (".feeder.json", ".feeder.json.gz")
 USER_CACHE_DIR = Path("~/.cache/gridflex/feeders")
@@ -36,7 +37,7 @@ def load_feeder(path: str | Path, taps: str = "opendss", registry_or_pm: Any = N
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise UserError(f"feeder file {path} does not exist; give a path to a .dss master file or a "
-                        f"gridflex feeder .json(.gz), or a shipped feeder by name: {', '.join(BUILTIN_FEEDERS)}")
+                        f"gridflex feeder .json(.gz), or a shipped feeder by name: {builtin_feeder_names()}")
     if path.name.lower().endswith(FEEDER_JSON_SUFFIXES):
         return _read_feeder_json(path)
     if taps not in TAPS_MODES:
@@ -44,6 +45,8 @@ def load_feeder(path: str | Path, taps: str = "opendss", registry_or_pm: Any = N
     for cache in cache_paths(path, taps):
         cached = _valid_cache(cache, path)
         if cached is not None:
+            for note in cached.notes:  # what the reader said when it read the file, said again
+                warn(f"{path.name}: {note}")
             return cached
     try:
         feeder = _read_with_plugins(path, taps, registry_or_pm)
@@ -101,24 +104,17 @@ def _read_feeder_json(path: Path) -> Feeder:
 
 
 def _read_with_plugins(path: Path, taps: str, registry_or_pm: Any) -> Feeder:
-    if registry_or_pm is None:
-        from gridflex_plugins.feeders.dss_reader import DssFeederReader  # noqa: PLC0415
-
-        readers = [DssFeederReader]
-        pm = None
-    else:
-        pm, registry = _pm_and_registry(registry_or_pm)
-        feeder = pm.hook.gridflex_read_feeder(path=path, taps=taps)
-        if feeder is not None:
-            return feeder
-        readers = [
-            info.cls for info in registry.components["feeder_reader"].values()
-        ]
+    # the readers installed as plugins (the built-in .dss reader is one), never imported directly
+    pm, registry = load_registry() if registry_or_pm is None else _pm_and_registry(registry_or_pm)
+    feeder = pm.hook.gridflex_read_feeder(path=path, taps=taps)
+    if feeder is not None:
+        return feeder
+    readers = [info.cls for info in registry.components["feeder_reader"].values()]
     suffix = path.suffix.lower()
     for reader in readers:
-        if suffix in tuple(s.lower() for s in getattr(reader, "suffixes", ())):
+        if suffix in tuple(s.lower() for s in reader.suffixes):
             return reader().read(path, taps)
-    known = sorted({s for r in readers for s in getattr(r, "suffixes", ())})
+    known = sorted({s for r in readers for s in r.suffixes})
     raise UserError(
         f"no feeder reader for {path.name!r} (suffix {suffix!r}); readers installed for: "
         f"{', '.join(known) or 'none'}; a gridflex feeder JSON (*.feeder.json.gz) needs no reader"
@@ -126,8 +122,6 @@ def _read_with_plugins(path: Path, taps: str, registry_or_pm: Any) -> Feeder:
 
 
 def _pm_and_registry(registry_or_pm: Any):
-    from gridflex.plugins.registry import Registry  # noqa: PLC0415 - plugins import pluggy entry points
-
     if isinstance(registry_or_pm, tuple):
         return registry_or_pm
     return registry_or_pm, Registry.from_plugin_manager(registry_or_pm)

@@ -7,39 +7,19 @@ import sys
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
 
 from gridflex.errors import UserError
+from gridflex.learning.targets import read_target, violation_only_line
+from gridflex.learning.training import CHECKPOINT, RunInfo, Trainer, TrainingResult, read_checkpoint
+from gridflex.progress import Progress
+from gridflex.runs.evaluate import evaluate, held_out_days, metrics_document, write_run_outputs
+from gridflex.runs.torch_device import resolve_device
+from gridflex.runs.world import World, build_world
 from gridflex.scenario import LoadedScenario
-
-
-DEVICES = ("cpu", "cuda", "auto")
-
-
-def check_device(requested: str, where: str = "--device") -> str:
-    """``requested`` if it is one of :data:`DEVICES` and usable here, else a :class:`UserError`."""
-    if requested not in DEVICES:
-        raise UserError(
-            f"{where} {requested!r} is not a device gridflex knows; allowed: cpu (always), cuda "
-            "(an NVIDIA GPU with a CUDA build of PyTorch) or auto (cuda when available, else cpu)"
-        )
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            f"{where} 'cuda' requested but CUDA is not available on this machine (torch "
-            f"{torch.__version__}, cuda build: {torch.version.cuda or 'no'}); allowed here: cpu or "
-            "auto (which falls back to cpu)"
-        )
-    return requested
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``"cpu"``, ``"cuda"`` (must exist) or ``"auto"`` -> a torch device."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(check_device(requested, "device"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -97,8 +77,6 @@ def _resolved_dict(loaded: LoadedScenario) -> dict:
 def check_resume(loaded: LoadedScenario, out_dir: Path) -> dict:
     """Refuse (:class:`UserError`) to resume ``out_dir`` unless it holds a readable checkpoint of
     the same training configuration (:data:`RESUME_RULE`); returns the checkpoint. Reads only."""
-    from gridflex.learning.training import CHECKPOINT, read_checkpoint
-
     if not out_dir.is_dir():
         raise UserError(f"--resume: run folder {out_dir} does not exist"
                         + (" (it is a file)" if out_dir.exists() else "")
@@ -149,14 +127,16 @@ def clear_run_outputs(out_dir: Path) -> list[str]:
 
 @dataclass
 class RunPlan:
-    """Everything a scenario names, built and checked, with a human-readable description."""
+    """A scenario's world, built once, with its base case and a human-readable description."""
 
-    loaded: LoadedScenario
+    world: World
     device: torch.device
-    grid: Any
-    solver: Any
-    base_case: Any
+    base_case: Any  # PowerFlowResult of every load at feeder.load_mult, no devices (evaluation solver)
     lines: list[str] = field(default_factory=list)
+
+    @property
+    def loaded(self) -> LoadedScenario:
+        return self.world.loaded
 
     def describe(self) -> str:
         return "\n".join(self.lines)
@@ -164,7 +144,7 @@ class RunPlan:
     def write(self, out_dir: Path) -> list[Path]:
         """Write the resolved scenario and the plan into ``out_dir`` (created if needed)."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        resolved = out_dir / "scenario.resolved.yaml"
+        resolved = out_dir / RESOLVED
         resolved.write_text(
             yaml.safe_dump(self.loaded.config.model_dump(mode="json"), sort_keys=False)
         )
@@ -173,22 +153,25 @@ class RunPlan:
         return [resolved, plan]
 
 
-def plan_run(loaded: LoadedScenario, registry: Any, pm: Any = None) -> RunPlan:
-    """Build the feeder, grid and solver of a scenario and solve its base case."""
-    from gridflex.runs.feeder_cache import load_feeder
-    from gridflex.network.grid_build import build_grid
-
+def plan_run(loaded: LoadedScenario, registry: Any, pm: Any = None, device: torch.device | None = None,
+             progress: Callable[[str], None] | None = None) -> RunPlan:
+    """Build the scenario's world (once: feeder, grid, fleet, solvers, environment) and solve its
+    base case with the evaluation solver."""
     cfg = loaded.config
-    device = resolve_device(cfg.device)
+    device = device or resolve_device(cfg.device)
     t0 = time.perf_counter()
-    feeder = load_feeder(loaded.feeder_path(), taps=cfg.feeder.taps, registry_or_pm=pm)
-    grid = build_grid(feeder).with_load_model(cfg.feeder.load_model)
-    solver_cls = registry.get("solver", cfg.solver.type)
-    solver = solver_cls(grid, loaded.component_config("solver"), device=device)
-    load_scale = torch.full((len(grid.load_elements),), cfg.feeder.load_mult, dtype=torch.float64)
-    base = solver.solve(load_scale=load_scale.to(device))
+    world = build_world(loaded, registry, pm, device, progress=progress)
+    env = world.eval_env
+    load_scale = torch.full((len(env.grid.load_elements),), cfg.feeder.load_mult, dtype=env.dtype,
+                            device=device)
+    with torch.no_grad(), env.counters.paused():
+        base = env.solver.solve(load_scale=load_scale)
     elapsed = time.perf_counter() - t0
-
+    grid = env.grid
+    solvers = f"{cfg.solver.type} {loaded.component_config('solver').model_dump()}"
+    if world.eval_env is not world.env:
+        solvers += (f"; judged by {cfg.evaluation_solver.type} "
+                    f"{loaded.component_config('evaluation_solver').model_dump()}")
     lines = [
         f"scenario   {cfg.name}  ({loaded.source})",
         f"sha256     {loaded.sha256()}",
@@ -198,7 +181,7 @@ def plan_run(loaded: LoadedScenario, registry: Any, pm: Any = None) -> RunPlan:
         f"loads: {cfg.feeder.load_model}, load_mult {cfg.feeder.load_mult})",
         f"grid       {grid.n_nodes} nodes, {len(grid.branches)} branches, "
         f"{len(grid.load_elements)} loads",
-        f"solver     {cfg.solver.type} {loaded.component_config('solver').model_dump()}",
+        f"solver     {solvers}",
         "base case  converged={} iterations={} source {:.1f} kW {:.1f} kvar, losses {:.2f} kW, "
         "|V| {:.4f}-{:.4f} pu  ({:.2f} s incl. build)".format(
             bool(base.converged.all()),
@@ -219,7 +202,7 @@ def plan_run(loaded: LoadedScenario, registry: Any, pm: Any = None) -> RunPlan:
         lines.append("learner    none configured: stopping after the plan")
     else:
         lines.append(f"learner    {cfg.learner.type} {cfg.learner.params}")
-    return RunPlan(loaded, device, grid, solver, base, lines)
+    return RunPlan(world, device, base, lines)
 
 
 def default_out_dir(name: str) -> Path:
@@ -228,30 +211,54 @@ def default_out_dir(name: str) -> Path:
     return Path("runs") / name / stamp
 
 
+@dataclass
+class RunResult:
+    """What one run produced, in memory (the same as its files).
+
+    ``documents``: ``metrics.json`` per controller, the scenario's learner first, then the
+    baselines evaluated beside it; ``training``: the learner's
+    :class:`~gridflex.learning.training.TrainingResult` (history rows in memory) or ``None`` for a
+    controller that does not train.
+    """
+
+    out_dir: Path
+    learner: str
+    documents: dict[str, dict]
+    training: TrainingResult | None = None
+
+    @property
+    def metrics(self) -> dict:
+        """The learner's ``metrics.json``."""
+        return self.documents[self.learner]
+
+    @property
+    def history(self) -> list[dict]:
+        """The validation rows of ``history.csv`` (empty for a controller that does not train)."""
+        return [] if self.training is None else self.training.history
+
+
 def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, device=None, *,
                 learner_seed: int | None = None, references: bool = True, progress: bool = True,
-                resume: bool = False) -> dict:
-    """Build the world, run the scenario's learner (training if it trains, with
-    :class:`gridflex.learning.training.Trainer`), evaluate it on the test days beside the reference
-    controllers (unless ``references=False``), write ``out_dir``; returns ``metrics.json`` per
-    controller. ``learner_seed`` (default: the scenario seed) seeds the learner only, so runs with
-    different learner seeds share one world (``gridflex compare``)."""
-    from gridflex.runs.evaluate import held_out_days, metrics_document, write_run_outputs
-    from gridflex.runs.world import build_world
-
+                resume: bool = False, world: World | None = None) -> RunResult:
+    """Build the world (unless ``world``, fresh from :func:`plan_run`, is given), run the
+    scenario's learner (training if it ``trains``, with :class:`~gridflex.learning.training.Trainer`),
+    evaluate it on the test days beside every ``baseline`` learner (unless ``references=False``),
+    write ``out_dir`` and return the :class:`RunResult`. ``learner_seed`` (default: the scenario
+    seed) seeds the learner only, so runs with different learner seeds share one world
+    (``gridflex compare``)."""
     cfg = loaded.config
     seed = cfg.seed if learner_seed is None else learner_seed
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
-    world = build_world(loaded, registry, pm, device, progress=say)
+    if world is None:
+        world = build_world(loaded, registry, pm, device, progress=say)
+    elif any(world.env.counters.as_dict().values()):
+        raise ValueError("execute_run needs a fresh world: this one has already counted training work")
     days = held_out_days(world)
     regulated = cfg.environment.regulated_evaluation
     learner_cls = registry.get("learner", cfg.learner.type)
     learner = learner_cls(loaded.component_config("learner"), world.env, seed=seed)
     train_seconds, result, target = 0.0, None, None
     if learner_cls.trains:
-        from gridflex.learning.targets import read_target, violation_only_line
-        from gridflex.learning.training import RunInfo, Trainer
-
         target = read_target(loaded)
         line = violation_only_line(target, loaded)
         if line:
@@ -260,16 +267,9 @@ def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, d
                           resume=resume, run_info=RunInfo(cfg.name, cfg.learner.type, seed, out_dir))
         result = learner.train(trainer)
         train_seconds = result.train_seconds if result is not None else 0.0
-    if progress and hasattr(learner, "describe_day"):  # planners that take minutes per day say where they are
-        learner.on_day = lambda b, day: print(f"{cfg.learner.type} day {b + 1}: {learner.describe_day(day)}",
-                                              file=sys.stderr, flush=True)
-    solves_before = world.env.power_flow_solves
     evaluation = _evaluate_with_progress(world, cfg.learner.type, learner, days, regulated, progress)
-    world.env.power_flow_solves = solves_before  # evaluation solves are not training solves
     document = metrics_document(world, cfg.learner.type, evaluation, seeds=[seed],
-                                train_seconds=train_seconds,
-                                env_gradient_evaluations=getattr(learner, "env_gradient_evaluations", 0),
-                                policy_updates=getattr(learner, "policy_updates", 0))
+                                train_seconds=train_seconds, counters=world.env.counters)
     if result is not None:
         document["time_to_target_s"] = result.time_to_target_s
         document["target"] = target.as_dict()
@@ -277,35 +277,43 @@ def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, d
         document["training_iterations"] = result.iterations
         document["validation"] = result.history[-1] if result.best_index is None else result.history[result.best_index]
     write_run_outputs(out_dir, world, document, evaluation)
-    extras = getattr(learner, "extras", None)
-    if extras:  # a planner's per-day report (the reference: iterations, solve seconds, AC metrics per day)
+    extras = learner.report()
+    if extras:  # e.g. a planner's per-day report (iterations, solve seconds, AC metrics per day)
         (out_dir / "learner_extras.json").write_text(json.dumps(extras, indent=2, default=_json_scalar))
     documents = {cfg.learner.type: document}
-    for name in REFERENCE_CONTROLLERS if references else ():
-        if name == cfg.learner.type or name not in registry.names("learner"):
+    for name in baseline_names(registry) if references else ():
+        if name == cfg.learner.type:
             continue
         ref_cls = registry.get("learner", name)
         reference = ref_cls(ref_cls.Config(), world.env, seed=cfg.seed)
         ref_eval = _evaluate_with_progress(world, name, reference, days, regulated, progress)
         ref_doc = metrics_document(world, name, ref_eval, seeds=[cfg.seed])
-        ref_doc["power_flow_solves"] = 0
         write_run_outputs(out_dir / "baselines" / name, world, ref_doc, ref_eval)
         documents[name] = ref_doc
-    return documents
+    return RunResult(Path(out_dir), cfg.learner.type, documents, result)
+
+
+def baseline_names(registry: Any) -> list[str]:
+    """Installed learners whose ``role`` is ``"baseline"`` (evaluated beside every run), in the
+    order no_control, rule_based, droop first, then any others by name."""
+    names = [n for n in registry.names("learner") if registry.get("learner", n).role == "baseline"]
+    first = [n for n in ("no_control", "rule_based", "droop") if n in names]
+    return first + sorted(set(names) - set(first))
 
 
 def _evaluate_with_progress(world, name: str, learner, days, regulated: bool, progress: bool):
     """:func:`gridflex.runs.evaluate.evaluate` on the scenario's test days, saying what it does."""
-    from gridflex.runs.evaluate import evaluate
-    from gridflex.progress import Progress
-
     cfg = world.loaded.config
     n_days = min(cfg.data.n_test_days, len(days))
     extra = " and with the tap controller" if regulated and world.env.tap_treatment != "regulated" else ""
     step = Progress(f"evaluating {name} on {n_days} test days ({world.env.tap_treatment} taps{extra})",
                     enabled=progress)
     step.step()
-    evaluation = evaluate(world, learner, days, cfg.data.n_test_days, regulated)
+    def on_day(b: int, line: str) -> None:  # planners that take minutes per day say where they are
+        print(f"{name} day {b + 1}: {line}", file=sys.stderr, flush=True)
+
+    evaluation = evaluate(world, learner, days, cfg.data.n_test_days, regulated,
+                          on_day=on_day if progress else None)
     metrics = evaluation.metrics
     step.close(f"{metrics['voltage_violation_rate']:.2%} violations, {metrics['cost_per_day']:.1f} EUR/day")
     return evaluation
@@ -316,7 +324,6 @@ def _json_scalar(value):
     return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
-REFERENCE_CONTROLLERS = ("no_control", "rule_based", "droop")
 TABLE_METRICS = (
     ("cost_per_day", "cost/day", "{:.1f}"),
     ("voltage_violation_rate", "V viol.", "{:.2%}"),

@@ -6,7 +6,9 @@ nodal injections of households' PV and all devices, the fixed taps or, when regu
 step's taps) and gridflex reports the voltage metrics and source power
 from both engines side by side. Loads are set exactly as gridflex modelled them (constant power
 with wide Vminpu/Vmaxpu for ``load_model: constant_pq``); device and PV injections enter as
-single-phase constant-power loads (negative kW = injection) at their nodes.
+single-phase constant-power loads (negative kW = injection) at their nodes. Both engines' voltage
+metrics are computed by :func:`gridflex.learning.metrics.voltage_violation_metrics`, the definition
+the run's own ``metrics.json`` uses (a snapshot the engine did not converge counts as violated).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from gridflex.errors import UserError
+from gridflex.learning.metrics import voltage_violation_metrics
 from gridflex.progress import Progress
 
 SCHEDULE_FILE = "schedules.npz"
@@ -44,19 +47,15 @@ def _monitored_magnitudes(v: np.ndarray, names: list[str], node_a, node_b) -> np
     return out
 
 
-def voltage_metrics(vm_pu: np.ndarray, limits: tuple[float, float], dt_h: float) -> dict:
-    """Voltage metrics from monitored magnitudes ``[days, steps, monitored]``."""
-    lo, hi = limits
-    residual = np.maximum(vm_pu - hi, 0) + np.maximum(lo - vm_pu, 0)
-    return {
-        "voltage_violation_rate": float((residual > 0).mean()),
-        "undervoltage_rate": float((vm_pu < lo).mean()),
-        "overvoltage_rate": float((vm_pu > hi).mean()),
-        "voltage_violation_pu_h": float(residual.sum() * dt_h / vm_pu.shape[0]),
-        "max_voltage_deviation_pu": float(residual.max()),
-        "min_vm_pu": float(vm_pu.min()),
-        "max_vm_pu": float(vm_pu.max()),
-    }
+def voltage_metrics(vm_pu: np.ndarray, limits: tuple[float, float], dt_h: float,
+                    converged: np.ndarray | None = None) -> dict:
+    """The metrics module's voltage metrics of monitored magnitudes ``vm_pu [days, steps,
+    monitored]`` (pu) with ``limits`` (pu) and steps of ``dt_h`` hours, plus the extreme magnitudes
+    ``min_vm_pu``/``max_vm_pu`` (pu); ``converged [days, steps]`` as in
+    :func:`~gridflex.learning.metrics.voltage_violation_metrics`."""
+    return {**voltage_violation_metrics(vm_pu, limits, dt_h, converged),
+            "min_vm_pu": float(vm_pu.min()),
+            "max_vm_pu": float(vm_pu.max())}
 
 
 def replay(run_dir: Path, tolerance: float = 1e-8, progress: bool = True) -> dict:
@@ -116,7 +115,7 @@ def replay(run_dir: Path, tolerance: float = 1e-8, progress: bool = True) -> dic
     days, steps = s["p_kw"].shape[:2]
     v_engine = np.zeros((days, steps, len(names)), dtype=complex)
     p_source = np.zeros((days, steps))
-    failed = 0
+    engine_converged = np.ones((days, steps), dtype=bool)
     t0 = time.perf_counter()
     bar = Progress("replaying in OpenDSS", days, "days", enabled=progress)
     for d in range(days):
@@ -134,11 +133,12 @@ def replay(run_dir: Path, tolerance: float = 1e-8, progress: bool = True) -> dic
             if taps_per_step is not None:
                 set_taps(taps_per_step[d, t])
             circuit.Solution.Solve()
-            failed += 0 if circuit.Solution.Converged else 1
+            engine_converged[d, t] = bool(circuit.Solution.Converged)
             volts = np.asarray(circuit.AllBusVolts)
             v_engine[d, t] = (volts[0::2] + 1j * volts[1::2])[order] / v_base
             p_source[d, t] = -circuit.TotalPower[0]
     engine_seconds = time.perf_counter() - t0
+    failed = int((~engine_converged).sum())
     bar.step(days)
     bar.close(f"{days * steps} snapshots, {failed} not converged")
     node_a = [str(n) for n in s["monitor_node_a"]]
@@ -152,7 +152,7 @@ def replay(run_dir: Path, tolerance: float = 1e-8, progress: bool = True) -> dic
     limits = tuple(float(x) for x in s["v_limits_pu"])
     dt_h = float(s["dt_h"])
     ours_metrics = voltage_metrics(vm_ours[..., lg], limits, dt_h)
-    engine_metrics = voltage_metrics(vm_engine[..., lg], limits, dt_h)
+    engine_metrics = voltage_metrics(vm_engine[..., lg], limits, dt_h, engine_converged)
     return {
         "run_dir": str(run_dir),
         "days": int(days),

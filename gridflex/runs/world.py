@@ -22,6 +22,7 @@ from gridflex.network.grid_build import GridAssembler
 from gridflex.fleet.population import calibrate_household_scale, place_devices, place_households
 from gridflex.fleet.profiles import ProfileData
 from gridflex.network.regulators import median_taps
+from gridflex.runs.torch_device import resolve_device
 from gridflex.scenario import LoadedScenario
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -31,13 +32,16 @@ SETTLED_CACHE_DIR = Path("~/.cache/gridflex/taps")
 
 @dataclass
 class World:
-    """A scenario, built: feeder, grid assembler, profile data and the environment."""
+    """A scenario, built once: feeder, grid assembler, profile data and two views of one
+    environment: ``env`` steps with the scenario's ``solver`` (training), ``eval_env`` with its
+    ``evaluation_solver`` (validation, targets, test); the same object when both solvers agree."""
 
     loaded: LoadedScenario
     feeder: Feeder
     assembler: GridAssembler
     data: ProfileData
     env: Environment
+    eval_env: Environment
     settled: dict | None = None  # the settled-taps record (tap treatment ``settled``)
 
 
@@ -47,7 +51,6 @@ def build_world(loaded: LoadedScenario, registry: Any, pm: Any = None, device: t
     the scenario's tap treatment (``settled`` taps computed on training days once, then cached;
     ``progress(str)`` is told when that happens)."""
     from gridflex.runs.feeder_cache import load_feeder
-    from gridflex.runs.run import resolve_device
 
     cfg = loaded.config
     device = device or resolve_device(cfg.device)
@@ -55,6 +58,7 @@ def build_world(loaded: LoadedScenario, registry: Any, pm: Any = None, device: t
     feeder = load_feeder(loaded.feeder_path(), taps=cfg.feeder.taps, registry_or_pm=pm)
     assembler = GridAssembler(feeder)
     grid = assembler.grid().with_load_model(cfg.feeder.load_model)
+    refuse_fixed_injections(grid, loaded)
     pop = cfg.population
     pop_seed = cfg.seed if pop.seed is None else pop.seed
     rng = np.random.default_rng([pop_seed, 0x706F70])
@@ -75,22 +79,22 @@ def build_world(loaded: LoadedScenario, registry: Any, pm: Any = None, device: t
         model = cls(loaded.component_config(path), group.count, generator,
                     dt_h=cfg.data.dt_h, device=device, dtype=dtype)
         placement = place_devices(
-            households, grid, group.count, bool(getattr(model, "three_phase", False)),
+            households, grid, group.count, bool(model.three_phase),
             taken_by_type.setdefault(group.type, set()), np.random.default_rng([seed, 0x646576, i]),
             group.nodes, path, ungrounded,
         )
         fleets.append(Fleet(path, model, placement))
 
-    solver_cls = registry.get("solver", cfg.solver.type)
-    solver_config = loaded.component_config("solver")
-
     def current_monitor_factory(branch_slices):
         return current_monitor(feeder, grid, branch_slices, cfg.limits.line_ampacity_scale)
 
-    def environment(base_grid, treatment: str) -> Environment:
+    def environment(base_grid, treatment: str, solver_path: str) -> Environment:
+        solver_cls = registry.get("solver", getattr(cfg, solver_path).type)
+        solver_config = loaded.component_config(solver_path)
+
         def solver_factory(injection_nodes, taps=None):
             g = base_grid if taps is None else assembler.grid(taps).with_load_model(cfg.feeder.load_model)
-            return solver_cls(g, solver_config, injection_nodes=injection_nodes, device=device)
+            return solver_cls(g, solver_config, injection_nodes=injection_nodes, device=device, dtype=dtype)
 
         return Environment(
             base_grid, solver_factory, households, fleets, voltage_monitor(feeder, base_grid),
@@ -105,17 +109,39 @@ def build_world(loaded: LoadedScenario, registry: Any, pm: Any = None, device: t
             f"{loaded.feeder_path().name} has none; use tap_treatment: frozen")
     settled = None
     if treatment == "settled":
-        settled = settled_taps(loaded, feeder, environment(grid, "frozen"), data.split("train"), progress)
+        # taps settle under the judging physics, the same whatever trains
+        settled = settled_taps(loaded, feeder, environment(grid, "frozen", "evaluation_solver"),
+                               data.split("train"), progress)
         grid = assembler.grid(settled["taps"]).with_load_model(cfg.feeder.load_model)
-    env = environment(grid, treatment)
-    return World(loaded, feeder, assembler, data, env, settled)
+    env = environment(grid, treatment, "solver")
+    same = (cfg.solver.type == cfg.evaluation_solver.type
+            and loaded.component_config("solver") == loaded.component_config("evaluation_solver"))
+    eval_env = env if same else environment(grid, treatment, "evaluation_solver")
+    return World(loaded, feeder, assembler, data, env, eval_env, settled)
+
+
+def refuse_fixed_injections(grid, loaded: LoadedScenario) -> None:
+    """A learning scenario drives every load with household profiles (and ``feeder.load_mult``);
+    elements whose power the file fixes (``status=fixed`` loads, generators, PV systems, storage)
+    would be scaled with them, a silently different answer, so they are refused here."""
+    fixed = grid.load_fixed
+    if fixed is None or not fixed.any():
+        return
+    names = sorted(grid.load_elements[k] for k in np.flatnonzero(fixed))  # fixed: per element
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    raise UserError(
+        f"feeder {loaded.feeder_path().name} has {len(names)} element(s) whose power the file fixes "
+        f"({shown}): status=fixed loads or generators, PV systems and storage read as fixed "
+        "injections. A scenario drives every load with household profiles and would scale these "
+        "too, so they are not supported in scenarios yet: disable them (or set status=variable) in "
+        "a copy of the feeder; `gridflex pf` solves the feeder as the file defines it")
 
 
 def settled_taps_key(loaded: LoadedScenario, feeder: Feeder) -> str:
     """sha256 of what settled taps depend on: the feeder's contents and the scenario's feeder,
-    data, solver, population, devices, seed and dtype (not its learner, limits or target)."""
+    data, solvers, population, devices, seed and dtype (not its learner, limits or target)."""
     parts = loaded.config.model_dump(mode="json", include={"seed", "dtype", "feeder", "data", "solver",
-                                                           "population", "devices"})
+                                                           "evaluation_solver", "population", "devices"})
     text = json.dumps({"scenario": parts, "feeder": feeder.provenance}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.resources
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,9 @@ from gridflex.plugins.contracts import StrictConfig
 from gridflex.errors import UserError, did_you_mean
 from gridflex.plugins.registry import blocked_note
 from gridflex.scenario.problems import Problem, ScenarioError, problems_from_validation_error, short_repr, with_article, yaml_path
-from gridflex.scenario.schema import BUILTIN_FEEDERS, DEFAULT_SCENARIO, Scenario, cross_field_problems
+from gridflex.scenario.schema import Scenario, cross_field_problems, default_evaluation_solver
+from gridflex.shipped import (BUILTIN_FEEDERS, builtin_feeder_names, builtin_feeder_path, default_scenario_path,
+                              is_builtin_feeder, shipped_scenarios, shipped_scenarios_dir)
 
 # --------------------------------------------------------------------------------------------
 # Loading
@@ -35,10 +36,6 @@ class LoadedScenario:
     def base_dir(self) -> Path:
         return self.source.parent
 
-    def resolve_path(self, relative: str) -> Path:
-        """A path from the scenario, resolved against the scenario file's folder."""
-        return resolve_relative(relative, self.base_dir)
-
     def feeder_path(self) -> Path:
         return resolve_feeder_file(self.config.feeder.file, self.base_dir)
 
@@ -51,19 +48,6 @@ class LoadedScenario:
         return self.component_configs[path]
 
 
-def shipped_scenarios_dir() -> Path:
-    """Folder of the scenarios shipped in the package (``gridflex.scenarios``)."""
-    return Path(str(importlib.resources.files("gridflex.scenarios")))
-
-
-def shipped_scenarios() -> list[Path]:
-    return sorted(shipped_scenarios_dir().glob("*.yaml"))
-
-
-def default_scenario_path() -> Path:
-    return shipped_scenarios_dir() / DEFAULT_SCENARIO
-
-
 def resolve_relative(relative: str, base_dir: Path) -> Path:
     path = Path(relative).expanduser()
     return path if path.is_absolute() else (base_dir / path).resolve()
@@ -71,8 +55,8 @@ def resolve_relative(relative: str, base_dir: Path) -> Path:
 
 def resolve_feeder_file(file: str, base_dir: Path) -> Path:
     """``feeder.file``: a shipped feeder name, else a path relative to the scenario file."""
-    if file.lower() in BUILTIN_FEEDERS:
-        return shipped_scenarios_dir() / BUILTIN_FEEDERS[file.lower()]
+    if is_builtin_feeder(file):
+        return builtin_feeder_path(file)
     return resolve_relative(file, base_dir)
 
 
@@ -232,7 +216,7 @@ def _check_paths(data: dict[str, Any], base_dir: Path) -> list[Problem]:
         Problem(
             "feeder.file",
             f"file {str(path)!r} not found (relative paths resolve against the scenario's folder "
-            f"{str(base_dir)!r}); shipped feeders by name: {', '.join(BUILTIN_FEEDERS)}"
+            f"{str(base_dir)!r}); shipped feeders by name: {builtin_feeder_names()}"
             f"{did_you_mean(file, BUILTIN_FEEDERS)}",
         )
     ]
@@ -240,7 +224,10 @@ def _check_paths(data: dict[str, Any], base_dir: Path) -> list[Problem]:
 
 def _component_entries(data: dict[str, Any]) -> list[tuple[str, str, Any]]:
     """(kind, yaml path, raw mapping) for every component section of a raw scenario mapping."""
-    entries: list[tuple[str, str, Any]] = [("solver", "solver", data.get("solver", {"type": "ac3ph"}))]
+    entries: list[tuple[str, str, Any]] = [
+        ("solver", "solver", data.get("solver", {"type": "ac3ph"})),
+        ("solver", "evaluation_solver", data.get("evaluation_solver", default_evaluation_solver(data))),
+    ]
     devices = data.get("devices")
     if isinstance(devices, list):
         entries += [("device", f"devices[{i}]", spec) for i, spec in enumerate(devices)]

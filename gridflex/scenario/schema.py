@@ -8,27 +8,23 @@ Validation runs in two stages and reports *every* problem in one :class:`Scenari
 
 Each problem names the YAML path (``devices[2].params.p_max_kw``), what was given and what is
 allowed, with a did-you-mean for misspelled names. Relative paths resolve against the scenario
-file. Shipped scenarios live in the package ``gridflex.scenarios`` (found with importlib.resources).
+file. Shipped scenarios and feeders are found through :mod:`gridflex.shipped`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gridflex.plugins.contracts import StrictConfig
 from gridflex.scenario.problems import Problem
+from gridflex.shipped import builtin_feeder_names
 
-DEFAULT_SCENARIO = "ieee13_small.yaml"
-
-#: Feeders shipped with gridflex, usable by name in ``feeder.file``.
-BUILTIN_FEEDERS = {
-    "ieee13": "feeders/ieee13/IEEE13Nodeckt.dss",
-    "ieee34mod1": "feeders/ieee34/ieee34Mod1.dss",
-    "ieee34mod2": "feeders/ieee34/ieee34Mod2.dss",
-    "ieee123": "feeders/ieee123/IEEE123Master.dss",
-}
+#: A torch device name: the same rule as ``--device`` (gridflex.runs.torch_device, which also
+#: checks that the device exists on the machine before a run starts).
+DEVICE_PATTERN = r"^(cpu|cuda|cuda:[0-9]+|auto)$"
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,7 +44,7 @@ class FeederSpec(StrictConfig):
 
     file: str = Field(
         description="a .dss master file or gridflex feeder .json(.gz), relative to this scenario "
-        f"file, or a shipped feeder name: {', '.join(BUILTIN_FEEDERS)}"
+        f"file, or a shipped feeder name: {builtin_feeder_names()}"
     )
     taps: Literal["file", "opendss"] = Field(
         "opendss",
@@ -97,7 +93,6 @@ class DataSpec(StrictConfig):
     """Time resolution and which days feed training, validation and test."""
 
     dt_h: Literal[1.0, 0.5] = Field(1.0, description="time step in hours (one day = one episode)")
-    days_per_batch: int = Field(8, ge=1, le=366, description="training days per batch")
     n_validation_days: int = Field(14, ge=1, le=366, description="validation days evaluated")
     n_test_days: int = Field(14, ge=1, le=366, description="test days evaluated")
 
@@ -176,15 +171,29 @@ class Scenario(StrictConfig):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="short identifier used in run paths")
     description: str = Field("", description="free text")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="master seed")
-    device: Literal["cpu", "cuda", "auto"] = Field(
-        "cpu", description="torch device; 'auto' picks cuda when available"
+    device: str = Field(
+        "cpu", json_schema_extra={"pattern": DEVICE_PATTERN},
+        description="torch device: cpu, cuda, cuda:N (CUDA device number N) or auto (cuda when "
+        "available, else cpu)",
     )
     dtype: Literal["float64", "float32"] = Field("float64", description="physics precision")
     feeder: FeederSpec
     data: DataSpec = Field(default_factory=DataSpec)
     solver: ComponentSpec = Field(
-        default_factory=lambda: ComponentSpec(type="ac3ph"), description="network solver"
+        default_factory=lambda: ComponentSpec(type="ac3ph"), description="network solver used in training"
     )
+    evaluation_solver: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(type="ac3ph"),
+        description="network solver that judges: validation, targets, test metrics; omitted: the "
+        "training solver when it is the exact ac3ph, else ac3ph with its defaults (exact AC whatever trains)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _judge_with_exact_ac(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "evaluation_solver" not in data:
+            data = {**data, "evaluation_solver": default_evaluation_solver(data)}
+        return data
     population: PopulationSpec = Field(default_factory=PopulationSpec)
     devices: list[DeviceGroupSpec] = Field(default_factory=list, description="agent groups")
     environment: EnvironmentSpec = Field(default_factory=EnvironmentSpec)
@@ -192,12 +201,29 @@ class Scenario(StrictConfig):
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     target: TargetSpec = Field(default_factory=TargetSpec)
 
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        if re.fullmatch(DEVICE_PATTERN, value) is None:
+            raise ValueError(f"{value!r} is not a device gridflex knows; allowed: cpu, cuda, cuda:N "
+                             "(CUDA device number N, from 0) or auto (cuda when available, else cpu)")
+        return value
+
     @model_validator(mode="after")
     def _train_margin_inside(self) -> Scenario:
         message = _train_margin_problem(self.limits)
         if message:
             raise ValueError(message)
         return self
+
+
+def default_evaluation_solver(data: dict[str, Any]) -> Any:
+    """The ``evaluation_solver`` a raw scenario mapping gets when it names none: its ``solver``
+    when that is ``ac3ph`` (same tolerances), else ``ac3ph`` with its defaults."""
+    solver = data.get("solver", {"type": "ac3ph"})
+    if isinstance(solver, dict) and solver.get("type") == "ac3ph":
+        return solver
+    return {"type": "ac3ph"}
 
 
 def _train_margin_problem(limits: LimitsSpec) -> str | None:

@@ -70,6 +70,12 @@ class Battery(DeviceModel):
     obs_dim: ClassVar[int] = 2
     residual_names: ClassVar[tuple[str, ...]] = ()
     terminal_residual_names: ClassVar[tuple[str, ...]] = ("end_energy_shortfall_kwh",)
+    state_names: ClassVar[tuple[str, ...]] = ("e_kwh", "e_start_kwh")
+    observation_names: ClassVar[tuple[str, ...]] = ("soc_frac", "energy_slack_frac")
+    action_names: ClassVar[tuple[str, ...]] = ("p_kw", "q_kvar")
+    action_meanings: ClassVar[tuple[str, ...]] = (
+        "active power at the AC terminals, + charging (drawn from the grid), - discharging",
+        "reactive power, + absorbed from the grid, - injected (inside the inverter circle)")
 
     class Config(StrictConfig):
         capacity_kwh: PositiveRange = Field(

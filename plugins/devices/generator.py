@@ -66,6 +66,12 @@ class Generator(DeviceModel):
     obs_dim: ClassVar[int] = 1
     residual_names: ClassVar[tuple[str, ...]] = ()
     terminal_residual_names: ClassVar[tuple[str, ...]] = ()
+    state_names: ClassVar[tuple[str, ...]] = ("p_out_prev_kw",)
+    observation_names: ClassVar[tuple[str, ...]] = ("p_out_prev_frac",)
+    action_names: ClassVar[tuple[str, ...]] = ("p_out_kw", "q_out_kvar")
+    action_meanings: ClassVar[tuple[str, ...]] = (
+        "electric output, + generation (the grid sees -p_out as demand)",
+        "reactive power, + injected into the grid (inside the inverter circle)")
 
     class Config(StrictConfig):
         p_max_kw: PositiveRange = Field(

@@ -88,6 +88,11 @@ class HeatPump(DeviceModel):
     obs_dim: ClassVar[int] = 1
     residual_names: ClassVar[tuple[str, ...]] = ("discomfort_c",)
     terminal_residual_names: ClassVar[tuple[str, ...]] = ("end_discomfort_c",)
+    state_names: ClassVar[tuple[str, ...]] = ("theta_c", "thermostat_on_flag")
+    observation_names: ClassVar[tuple[str, ...]] = ("theta_offset_band_frac",)
+    action_names: ClassVar[tuple[str, ...]] = ("p_kw",)
+    action_meanings: ClassVar[tuple[str, ...]] = (
+        "electric power drawn by the compressor, + consumption (reactive power follows at its power factor)",)
 
     class Config(StrictConfig):
         r_c_per_kw: PositiveRange = Field(

@@ -22,7 +22,10 @@ from gridflex.plugins.hookspecs import hookimpl
 
 
 class _Baseline(Learner):
+    """A fixed controller evaluated beside every run's learner (``role = "baseline"``)."""
+
     controller_name: ClassVar[str]
+    role: ClassVar[str] = "baseline"
 
     class Config(StrictConfig):
         """No parameters: device-specific settings live in each device's params."""

@@ -34,7 +34,7 @@ those agent-steps and the day re-solved (:meth:`ConvexFleet.exclude_simultaneous
 
 :meth:`act` replays the plan: each fleet's ``to_u`` maps the planned action back to ``u`` through
 the device's state-dependent action bounds. Per-day iterations, solve seconds and AC metrics are
-in :attr:`ReferenceLearner.extras` (``metrics.json`` keeps its contract).
+in :meth:`ReferenceLearner.report` (``metrics.json`` keeps its contract).
 
 cvxpy is imported lazily (in :meth:`prepare`): importing this module needs only torch.
 """
@@ -73,6 +73,7 @@ class ReferenceLearner(Learner):
 
     name: ClassVar[str] = "reference"
     trains: ClassVar[bool] = False
+    role: ClassVar[str] = "planner"
 
     class Config(StrictConfig):
         v_limits_pu: tuple[float, float] = Field(
@@ -99,11 +100,10 @@ class ReferenceLearner(Learner):
         super().__init__(config, env, seed=seed)
         self._opf = None
         self._plans: list[torch.Tensor] | None = None
-        self.extras: dict = {}
-        self.on_day = None  # optional callback(day index, day report) after each planned day
+        self._report: dict = {}
 
     # ------------------------------------------------------------------ planning
-    def prepare(self, exogenous) -> None:
+    def prepare(self, exogenous, on_day=None) -> None:
         """Plan every day of ``exogenous`` (perfect foresight), see the module docstring."""
         if self.env.tap_treatment == "regulated":
             raise UserError(
@@ -120,11 +120,11 @@ class ReferenceLearner(Learner):
             for f, a in enumerate(actions):
                 plans[f].append(a)
             days.append(report)
-            if self.on_day is not None:
-                self.on_day(b, report)
+            if on_day is not None:
+                on_day(b, self.describe_day(report))
         tensor = dict(device=self.env.device, dtype=self.env.dtype)
         self._plans = [torch.as_tensor(np.stack(p), **tensor) for p in plans]  # [B, T, N, d]
-        self.extras = {
+        self._report = {
             "days": days,
             "solve_seconds_per_day": float(np.mean([d["solve_seconds"] for d in days])),
             "wall_seconds_per_day": float(np.mean([d["wall_seconds"] for d in days])),
@@ -134,6 +134,11 @@ class ReferenceLearner(Learner):
             "build_seconds": self._opf.build_seconds,
             "solver_retries": self._opf.retries,
         }
+
+    def report(self) -> dict:
+        """The last :meth:`prepare`'s per-day plan report (iterations, solve seconds, AC metrics)
+        and its means, written to ``learner_extras.json``."""
+        return self._report
 
     @staticmethod
     def describe_day(day: dict) -> str:

@@ -6,11 +6,11 @@ and a validated config. No cvxpy, no OpenDSS engine: it runs on a bare GPU machi
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from gridflex.plugins.contracts import NetworkSolver, StrictConfig
 from gridflex.network.grid import Grid
@@ -18,24 +18,34 @@ from gridflex.plugins.hookspecs import hookimpl
 from gridflex.network.powerflow import AdjointReport, PowerFlowResult, SolveOptions, build_network, solve_power_flow
 from gridflex.network.powerflow.taps import RegulatorTable, build_tap_bank
 
-_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+#: (tol_pu, adjoint_tol) when the config leaves them None: float32 resolves about 1e-7 pu, so a
+#: float64 tolerance would leave float32 samples unconverged
+_DEFAULT_TOL = {torch.float64: (1e-8, 1e-8), torch.float32: (1e-6, 1e-5)}
 
 
 class AC3PhSolver(NetworkSolver):
     """Exact unbalanced three-phase AC power flow with implicit differentiation (Z-bus fixed point)."""
 
     name: ClassVar[str] = "ac3ph"
+    supports_taps: ClassVar[bool] = True
 
     class Config(StrictConfig):
-        tol_pu: float = Field(1e-8, gt=0, description="convergence tolerance: max |v_k+1 - v_k| over injection nodes (pu)")
+        tol_pu: float | None = Field(None, gt=0, description="convergence tolerance: max |v_k+1 - v_k| over injection nodes (pu); None: 1e-8 in float64, 1e-6 in float32 (what its precision can resolve)")
         max_iter: int = Field(100, ge=1, description="iteration cap per sample; samples beyond it are reported non-converged")
         anderson_m: int = Field(5, ge=0, le=20, description="Anderson acceleration memory (0 = plain Z-bus iteration)")
         anderson_start: int = Field(8, ge=1, description="plain iterations before Anderson starts (only slow samples pay for it)")
-        dtype: Literal["float64", "float32"] = Field("float64", description="real precision; float32 is not accurate for currents through switches")
         vlimits_rule: bool = Field(False, description="OpenDSS Vminpu/Vmaxpu rule: loads outside their limits become impedances (a gradient kink)")
-        adjoint_tol: float = Field(1e-8, gt=0, description="adjoint convergence tolerance, relative to the upstream gradient's max")
+        adjoint_tol: float | None = Field(None, gt=0, description="adjoint convergence tolerance, relative to the upstream gradient's max; None: 1e-8 in float64, 1e-5 in float32")
         adjoint_max_iter: int = Field(200, ge=1, description="iteration cap of the adjoint fixed point")
         chunk_rows: int | None = Field(None, ge=1, description="solve in row chunks of this size; None = 2048 on CPU (cache-sized), unchunked on GPU")
+
+        @model_validator(mode="before")
+        @classmethod
+        def _dtype_moved(cls, data: Any) -> Any:
+            if isinstance(data, dict) and "dtype" in data:
+                raise ValueError("the solver's precision is the scenario's top-level `dtype` "
+                                 "(float64 or float32), not a solver parameter: move `dtype` there")
+            return data
 
     def __init__(
         self,
@@ -44,17 +54,15 @@ class AC3PhSolver(NetworkSolver):
         *,
         injection_nodes: Sequence[int | str] | np.ndarray | None = None,
         device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float64,
     ):
-        self.config = config if isinstance(config, self.Config) else self.Config(**(config or {}))
-        self.grid = grid
-        self.device = torch.device(device)
-        self.dtype = _DTYPES[self.config.dtype]
+        super().__init__(grid, config, injection_nodes=injection_nodes, device=device, dtype=dtype)
         self.network = build_network(grid, injection_nodes, vlimits_rule=self.config.vlimits_rule,
                                      dtype=self.dtype, device=self.device)
         self.options = SolveOptions(
-            tol_pu=self.config.tol_pu, max_iter=self.config.max_iter, anderson_m=self.config.anderson_m,
+            tol_pu=self.config.tol_pu or _DEFAULT_TOL[self.dtype][0], max_iter=self.config.max_iter, anderson_m=self.config.anderson_m,
             anderson_start=self.config.anderson_start,
-            adjoint_tol=self.config.adjoint_tol, adjoint_max_iter=self.config.adjoint_max_iter,
+            adjoint_tol=self.config.adjoint_tol or _DEFAULT_TOL[self.dtype][1], adjoint_max_iter=self.config.adjoint_max_iter,
             chunk_rows=self.config.chunk_rows or (2048 if self.device.type == "cpu" else None),
         )
         self.adjoint_report = AdjointReport()
@@ -69,11 +77,6 @@ class AC3PhSolver(NetworkSolver):
         """Device injection nodes, the order of the last dim of ``p_kw``/``q_kvar``."""
         iter_nodes = self.network.iter_nodes[self.network.inj_pos].tolist()
         return [self.network.node_names[k] for k in iter_nodes]
-
-    @property
-    def load_elements(self) -> list[str]:
-        """Load elements, the order of the last dim of ``load_scale``."""
-        return list(self.grid.load_elements)
 
     # -------------------------------------------------------------------------- solving
     def _tensor(self, x: Any) -> torch.Tensor | None:

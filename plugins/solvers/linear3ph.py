@@ -49,15 +49,14 @@ class Linear3PhSolver(NetworkSolver):
         *,
         injection_nodes: Sequence[int | str] | np.ndarray | None = None,
         device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float64,
     ):
-        self.config = config if isinstance(config, self.Config) else self.Config(**(config or {}))
-        self.grid = grid
-        self.device = torch.device(device)
-        self.dtype = torch.float64
+        super().__init__(grid, config, injection_nodes=injection_nodes, device=device, dtype=dtype)
         # linearise on the CPU in float64 (one small dense solve), evaluate on ``device``
         self.network = build_network(grid, injection_nodes, dtype=torch.float64, device="cpu")
-        self._eval_network = (self.network if self.device.type == "cpu" else
-                              build_network(grid, injection_nodes, dtype=torch.float64, device=self.device))
+        # branch currents (Yprim @ V) are evaluated on ``device`` in the run's precision
+        self._eval_network = (self.network if self.device.type == "cpu" and dtype == torch.float64 else
+                              build_network(grid, injection_nodes, dtype=dtype, device=self.device))
         mult = 0.0 if self.config.point == "no_load" else self.config.point_load_mult
         self.relinearise(np.full(self.network.n_loads, mult))
         nominal_kw = np.zeros(len(grid.load_elements))
@@ -77,17 +76,18 @@ class Linear3PhSolver(NetworkSolver):
         iter_nodes = self.network.iter_nodes[self.network.inj_pos].tolist()
         return [self.network.node_names[k] for k in iter_nodes]
 
-    @property
-    def load_elements(self) -> list[str]:
-        return list(self.grid.load_elements)
-
     # -------------------------------------------------------------------------- model
     def relinearise(self, load_scale=None, p_kw=None, q_kvar=None) -> LinearNetwork:
         """Re-linearise around the AC solution at ``(load_scale [L], p_kw, q_kvar [n_inj])``."""
         self.linear = linearise(self.network, load_scale, p_kw, q_kvar)
         n = len(self.network.node_names)
         mag = self.linear.magnitudes(np.arange(n))
-        t = lambda a: torch.as_tensor(np.ascontiguousarray(a), device=self.device)  # noqa: E731
+        complex_dtype = torch.complex128 if self.dtype == torch.float64 else torch.complex64
+
+        def t(a: np.ndarray) -> torch.Tensor:  # the model's terms in the run's precision
+            x = torch.as_tensor(np.ascontiguousarray(a), device=self.device)
+            return x.to(complex_dtype if x.is_complex() else self.dtype)
+
         v, s = self.linear.v, self.linear.source
         self._v = [t(v.offset()), t(v.d_l.T), t(v.d_p.T), t(v.d_q.T)]  # complex
         self._vm = [t(mag.offset()), t(mag.d_l.T), t(mag.d_p.T), t(mag.d_q.T)]

@@ -14,10 +14,13 @@ With the OpenDSS Vminpu/Vmaxpu rule (``TLoadObj.DoConstantPQLoad`` etc. in OpenD
 * r > vmax: constant impedance ``Yeq/vmax²`` (models 1, 4: f = r²/vmax²) or ``Yeq/vmax``
   (model 5: f = r²/vmax), continuous at vmax for models 1 and 5;
 * vlow < r <= vmin: the current magnitude is interpolated linearly in |V| between the
-  constant-Z current at vlow (0.5 pu, OpenDSS's VLowpu) and the boundary current at vmin:
+  constant-Z current at vlow (the load's VLowpu, default 0.5 pu) and the boundary current at vmin:
   f = r h(r), h = vlow + (h_min - vlow)(r - vlow)/(vmin - vlow), h_min = 1/vmin (models 1, 4) or
   1 (model 5). This is *not* a constant impedance below vmin, only continuous with one at vmin;
 * r <= vlow: constant Z at nominal, f = r².
+
+With vlow = 0 the interpolation is exactly the constant impedance ``Yeq/vmin²`` below vmin
+(f = r²/vmin²): the law of OpenDSS's generators, PV systems and storage (model 1).
 
 Derivatives: with c(r) = p f_p(r) - j q f_q(r) and I = c / conj(u),
 
@@ -46,7 +49,7 @@ def vlimits_factor(
     vmin_pu: torch.Tensor,
     vmax_pu: torch.Tensor,
     constant_current: torch.Tensor,
-    vlow_pu: float = VLOW_PU,
+    vlow_pu: torch.Tensor | float = VLOW_PU,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Power factor f(r) and df/dr of one power component under OpenDSS's Vminpu/Vmaxpu rule.
 

@@ -75,10 +75,6 @@ class PowerFlowResult:
         """Complex node voltages in volts [..., n]."""
         return self.v_pu * self.v_base_v
 
-    def branch_current_a(self, name: str) -> torch.Tensor:
-        """Terminal currents of one branch (terminal 1's conductors, then terminal 2's), A."""
-        return self.branch_currents_a[..., self.branch_slices[name]]
-
     @property
     def n_nonconverged(self) -> int:
         return int((~self.converged).sum())

@@ -14,13 +14,19 @@ Only nodes with injections ("iteration nodes": load nodes plus device nodes) are
 
 and the remaining nodes are reconstructed once as ``w + Z_{:,I} i_I``. Iteration is batched over
 rows, converged rows leave the working set, and Anderson acceleration (type II, real least
-squares over the real-stacked residuals) handles the slow or plainly divergent tail.
+squares over the real-stacked residuals, :mod:`gridflex.network.powerflow.anderson`) handles the
+slow or plainly divergent tail.
+
+Size: the precomputed network and the kernels that index its layout (fixed-point map, adjoint,
+node voltages, terminal currents, their per-sample-tap variants) stay in one module on purpose:
+every kernel reads the private index tables built here, and splitting them would spread that
+layout over several files. The generic iteration lives in ``anderson``, the tap bank in ``taps``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +34,7 @@ import torch
 from gridflex.errors import UserError
 from gridflex.network.grid import Grid
 from gridflex.network.powerflow import loads as lm
+from gridflex.network.powerflow.anderson import FixedPointResult, chunked_rows, anderson_fixed_point
 from gridflex.network.powerflow.precision import SourceSplit, precise_no_load_voltage, refined_inverse
 
 if TYPE_CHECKING:  # annotations only: gridflex.network.powerflow.taps builds on this module
@@ -87,6 +94,7 @@ class ZBusNetwork:
     g_exp_q: torch.Tensor
     g_vmin_pu: torch.Tensor
     g_vmax_pu: torch.Tensor
+    g_vlow_pu: torch.Tensor  # real [n_G]: OpenDSS VLowpu (0 for generation: constant Z below vmin)
     g_const_i: torch.Tensor  # bool [n_G]: model 5
     g_rule: torch.Tensor  # bool [n_G]: apply the vlimits rule (vlimits on and model != 2)
     vlimits_rule: bool
@@ -219,6 +227,7 @@ def build_network(
         g_exp_q=real(loads["g_exp_q"]),
         g_vmin_pu=real(loads["g_vmin"]),
         g_vmax_pu=real(loads["g_vmax"]),
+        g_vlow_pu=real(loads["g_vlow"]),
         g_const_i=boolean(loads["g_const_i"]),
         g_rule=boolean(loads["g_rule"]),
         vlimits_rule=vlimits_rule,
@@ -293,6 +302,8 @@ def _load_tables(grid: Grid, pos: dict[int, int], n_iter: int, vlimits_rule: boo
         g_exp_q=exp_q[general],
         g_vmin=np.asarray(grid.load_vmin_pu)[general],
         g_vmax=np.asarray(grid.load_vmax_pu)[general],
+        g_vlow=(np.full(len(model), lm.VLOW_PU) if grid.load_vlow_pu is None
+                else np.asarray(grid.load_vlow_pu, dtype=float))[general],
         g_const_i=(model == 5)[general],
         g_rule=rule[general],
     )
@@ -303,7 +314,7 @@ def _branch_groups(grid: Grid):
     """Group Grid.branches by conductor count; layout: branches in Grid order, conductors inside."""
     sizes = [len(b.terminal_nodes) for b in grid.branches]
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-    slices = {b.name: slice(int(starts[k]), int(starts[k + 1])) for k, b in enumerate(grid.branches)}
+    slices = grid.branch_slices
     groups, concat_positions = [], []
     for size in sorted(set(sizes)):
         rows = np.asarray([k for k, s in enumerate(sizes) if s == size], dtype=np.int64)
@@ -365,8 +376,10 @@ def _general_factors(net: ZBusNetwork, u: torch.Tensor):
     f_p, df_p = lm.power_law_factor(r, net.g_exp_p)
     f_q, df_q = lm.power_law_factor(r, net.g_exp_q)
     if net.vlimits_rule and bool(net.g_rule.any()):
-        fr_p, dfr_p = lm.vlimits_factor(r, net.g_exp_p, net.g_vmin_pu, net.g_vmax_pu, net.g_const_i)
-        fr_q, dfr_q = lm.vlimits_factor(r, net.g_exp_q, net.g_vmin_pu, net.g_vmax_pu, net.g_const_i)
+        fr_p, dfr_p = lm.vlimits_factor(r, net.g_exp_p, net.g_vmin_pu, net.g_vmax_pu, net.g_const_i,
+                                        net.g_vlow_pu)
+        fr_q, dfr_q = lm.vlimits_factor(r, net.g_exp_q, net.g_vmin_pu, net.g_vmax_pu, net.g_const_i,
+                                        net.g_vlow_pu)
         f_p, df_p = torch.where(net.g_rule, fr_p, f_p), torch.where(net.g_rule, dfr_p, df_p)
         f_q, df_q = torch.where(net.g_rule, fr_q, f_q), torch.where(net.g_rule, dfr_q, df_q)
     return f_p, f_q, df_p, df_q
@@ -422,142 +435,9 @@ def fixed_point_map(net: ZBusNetwork, v: torch.Tensor, c: Injections) -> torch.T
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class FixedPointResult:
-    x: torch.Tensor  # [B, d] solution (the last map value) or a finite fallback
-    converged: torch.Tensor  # bool [B]
-    iterations: torch.Tensor  # int [B]: map evaluations until convergence (max_iter if not)
-    residual: torch.Tensor  # real [B]: max |G(x) - x| at the last evaluation (scaled if asked)
-
-
-def _solve_spd_small(h: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """Solve batched small SPD systems h x = rhs by unpivoted elimination (m <= ~10).
-
-    Vectorised over the batch with O(m) tensor ops: far faster than a LAPACK call per row.
-    """
-    h, rhs = h.clone(), rhs.clone()
-    m = h.shape[-1]
-    for j in range(m - 1):
-        factor = h[:, j + 1 :, j] / h[:, j, j].unsqueeze(-1)
-        h[:, j + 1 :, :] -= factor.unsqueeze(-1) * h[:, j, :].unsqueeze(1)
-        rhs[:, j + 1 :] -= factor * rhs[:, j].unsqueeze(-1)
-    x = torch.zeros_like(rhs)
-    for j in range(m - 1, -1, -1):
-        x[:, j] = (rhs[:, j] - (h[:, j, j + 1 :] * x[:, j + 1 :]).sum(-1)) / h[:, j, j]
-    return x
-
-
-def _as_real_rows(z: torch.Tensor) -> torch.Tensor:
-    """Complex [..., d] -> real view [..., 2d] (interleaved re/im, no copy)."""
-    return torch.view_as_real(z).flatten(-2)
-
-
-def anderson_fixed_point(
-    step: Callable[[torch.Tensor, tuple[torch.Tensor, ...]], torch.Tensor],
-    x0: torch.Tensor,
-    params: tuple[torch.Tensor, ...],
-    *,
-    tol: float,
-    max_iter: int,
-    memory: int = 5,
-    start: int = 8,
-    scale: torch.Tensor | None = None,
-    divergence: float = 1e3,
-    regularization: float = 1e-10,
-) -> FixedPointResult:
-    """Solve x = step(x, params) row by row (complex [B, d]) with Anderson acceleration.
-
-    ``params`` are per-row tensors (leading dim B) handed to ``step`` restricted to the rows still
-    iterating. A row converges when max|step(x) - x| <= tol * scale (scale [B], default 1); a row
-    whose residual is non-finite or exceeds ``divergence`` stops and is reported non-converged.
-    The first ``start - 1`` iterations are plain (Picard): most rows converge there and Anderson's
-    bookkeeping (~3x the memory traffic of a plain step) is paid only by the slow tail.
-    ``memory = 0`` is plain throughout. Non-converged rows return their last finite iterate,
-    else ``x0``: never NaN.
-    """
-    batch = x0.shape[0]
-    device = x0.device
-    x_out = x0.clone()
-    converged = torch.zeros(batch, dtype=torch.bool, device=device)
-    iterations = torch.full((batch,), max_iter, dtype=torch.long, device=device)
-    residual = torch.full((batch,), float("inf"), dtype=x0.real.dtype, device=device)
-    if batch == 0:
-        return FixedPointResult(x_out, converged, iterations, residual)
-    tol_rows = tol if scale is None else tol * scale
-    start = max(int(start), 1)
-
-    rows = torch.arange(batch, device=device)  # global index of each working row
-    x, x0_work = x0, x0
-    d_f = d_g = f_prev = g_prev = None
-    n_hist = 0
-    for k in range(1, max_iter + 1):
-        g = step(x, params)
-        f = g - x
-        res = torch.linalg.vector_norm(f, ord=float("inf"), dim=-1)
-        done = res <= tol_rows
-        bad = ~torch.isfinite(res) | (res > divergence)
-        finished = done | bad if k < max_iter else torch.ones_like(done)
-        if bool(finished.any()):
-            ok = done & ~bad
-            fallback = torch.where(torch.isfinite(x).all(-1, keepdim=True), x, x0_work)
-            x_out[rows[finished]] = torch.where(bad.unsqueeze(-1), fallback, g)[finished]
-            converged[rows[ok]] = True
-            iterations[rows[ok]] = k
-            residual[rows[finished]] = torch.where(bad, torch.full_like(res, float("inf")), res)[finished]
-            live = ~finished
-            if not bool(live.any()):
-                break
-            rows, x, g, f, x0_work = rows[live], x[live], g[live], f[live], x0_work[live]
-            if scale is not None:
-                tol_rows = tol_rows[live]
-            params = tuple(p[live] for p in params)
-            if f_prev is not None:
-                f_prev, g_prev = f_prev[live], g_prev[live]
-            if d_f is not None:
-                d_f, d_g = d_f[live], d_g[live]
-        if memory == 0 or k < start - 1:
-            x = g
-            continue
-        if f_prev is not None:
-            if d_f is None:
-                d_f = x.new_zeros((x.shape[0], memory, x.shape[1]))
-                d_g = torch.zeros_like(d_f)
-            slot = n_hist % memory
-            d_f[:, slot] = f - f_prev
-            d_g[:, slot] = g - g_prev
-            n_hist += 1
-        f_prev, g_prev = f, g
-        x = g if d_f is None else _anderson_update(f, g, d_f, d_g, regularization)
-    return FixedPointResult(x_out, converged, iterations, residual)
-
-
-def _anderson_update(f, g, d_f, d_g, regularization: float) -> torch.Tensor:
-    """x = g - dG gamma with gamma = argmin ||f - dF gamma|| over real gamma (type-II Anderson).
-
-    Real coefficients on the real-stacked residuals: the map is not holomorphic, so complex
-    coefficients would mix in directions (j dF) that are no secants of it.
-    """
-    d_f_r = _as_real_rows(d_f)  # [b, m, 2d]
-    gram = d_f_r @ d_f_r.transpose(1, 2)
-    rhs = (d_f_r @ _as_real_rows(f).unsqueeze(-1)).squeeze(-1)
-    diag = gram.diagonal(dim1=1, dim2=2)
-    ridge = regularization * diag.amax(-1, keepdim=True) + torch.finfo(diag.dtype).tiny
-    gamma = _solve_spd_small(gram + torch.diag_embed(ridge.expand_as(diag)), rhs)
-    return g - torch.einsum("bm,bmd->bd", gamma.to(g.dtype), d_g)
-
-
 # ----------------------------------------------------------------------------------------------
 # Forward solve and the adjoint
 # ----------------------------------------------------------------------------------------------
-
-
-def _chunked(solve_rows: Callable[[slice], FixedPointResult], batch: int, chunk_rows: int | None) -> FixedPointResult:
-    """Run ``solve_rows`` on row chunks and concatenate (cache-sized chunks pay on CPUs)."""
-    if not chunk_rows or batch <= chunk_rows:
-        return solve_rows(slice(0, batch))
-    parts = [solve_rows(slice(k, min(k + chunk_rows, batch))) for k in range(0, batch, chunk_rows)]
-    return FixedPointResult(*(torch.cat(fields) for fields in zip(*(
-        (p.x, p.converged, p.iterations, p.residual) for p in parts))))
 
 
 def solve_fixed_point(
@@ -592,7 +472,7 @@ def solve_fixed_point(
                                     max_iter=max_iter, memory=memory, start=start)
 
     with torch.no_grad():
-        return _chunked(solve_rows, batch, chunk_rows)
+        return chunked_rows(solve_rows, batch, chunk_rows)
 
 
 @dataclass
@@ -685,7 +565,7 @@ def solve_adjoint(
                                     divergence=float("inf"))
 
     with torch.no_grad():
-        return _chunked(solve_rows, g_bar.shape[0], chunk_rows)
+        return chunked_rows(solve_rows, g_bar.shape[0], chunk_rows)
 
 
 def node_voltages(net: ZBusNetwork, v_iter: torch.Tensor, c: Injections) -> torch.Tensor:

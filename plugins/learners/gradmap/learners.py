@@ -41,7 +41,7 @@ import torch
 from pydantic import Field
 
 from gridflex.plugins.contracts import StepInputs
-from gridflex.learning.policies import PolicySet, clip_grad_norm_per_agent_
+from gridflex.learning.policies import DeployablePolicy, PolicySet, clip_grad_norm_per_agent_
 from gridflex.learning.training import TrainableLearner, Trainer, TrainingConfig
 
 from .lagrangian import FAMILIES, DualAscent, DualInit, Duals, FeasibilityTerm, lagrangian
@@ -114,6 +114,24 @@ def dual_ascent_rule(cfg: PolicyLearnerConfig) -> DualAscent:
                       lam_max=cfg.lambda_max, measure=cfg.dual_measure)
 
 
+def dual_space(trial, *, rates: bool = True, levels: bool = True) -> dict:
+    """Tunable dual settings of the family (``gridflex tune``, docs/tuning.md): the dual rate per
+    constraint family (``rho_voltage``, ``rho_line``, ``rho_local``, ``rho_terminal``; EUR per unit
+    per iteration), ``lambda_max`` and the allowed levels ``dual_allowed_*`` (the epsilons). The
+    defaults (rates: ``rho`` = 1000) lie inside every range."""
+    params = {}
+    if rates:
+        for family in ("voltage", "line", "local", "terminal"):
+            params[f"rho_{family}"] = trial.suggest_float(f"rho_{family}", 10.0, 1e5, log=True)
+        params["lambda_max"] = trial.suggest_float("lambda_max", 1e2, 1e5, log=True)
+    if levels:
+        params["dual_allowed_voltage"] = trial.suggest_float("dual_allowed_voltage", 1e-4, 1e-2, log=True)
+        params["dual_allowed_line"] = trial.suggest_float("dual_allowed_line", 1e-4, 1e-2, log=True)
+        params["dual_allowed_local"] = trial.suggest_float("dual_allowed_local", 1e-3, 1e-1, log=True)
+        params["dual_allowed_terminal"] = trial.suggest_float("dual_allowed_terminal", 1e-3, 1e-1, log=True)
+    return params
+
+
 class _PolicyLearner(TrainableLearner):
     """Policies, optimiser, duals, warm start and state dicts of the family."""
 
@@ -142,6 +160,10 @@ class _PolicyLearner(TrainableLearner):
             inputs: StepInputs) -> torch.Tensor:
         return self.policies[fleet_index](obs)
 
+    def deployable_policies(self) -> list[DeployablePolicy]:
+        """Per fleet, the controller of :meth:`act` in exportable parts (``gridflex export``)."""
+        return [DeployablePolicy(p, "sigmoid", 0.0) for p in self.policies]
+
     # ------------------------------------------------------------------ shared steps
     def setup(self, trainer: Trainer) -> None:
         """Observation statistics from a no-control rollout; behaviour-clone it (warm start)."""
@@ -156,7 +178,7 @@ class _PolicyLearner(TrainableLearner):
             _, steps = fit_policies(list(self.policies), obs, [traj.u for traj in rollout.fleets],
                                     self.optimizer, self.config.warm_start_epochs, 2,
                                     self.config.max_grad_norm, self.generator)
-            self.policy_updates += steps
+            self.env.counters.policy_updates += steps
 
     def feasibility_term(self, trainer: Trainer) -> FeasibilityTerm | None:
         """The feasibility network term (built once, training limits), or ``None`` for AC residuals."""
@@ -189,15 +211,14 @@ class _PolicyLearner(TrainableLearner):
     def state_dict(self) -> dict:
         return {"policies": self.policies.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "duals": self.duals.state_dict(),
-                "counters": {"env_gradient_evaluations": self.env_gradient_evaluations,
-                             "policy_updates": self.policy_updates}}
+                "generator": self.generator.get_state()}  # minibatch permutations: resumes equal
 
     def load_state_dict(self, state: dict) -> None:
         self.policies.load_state_dict(state["policies"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.duals.load_state_dict(state["duals"])
-        self.env_gradient_evaluations = int(state["counters"]["env_gradient_evaluations"])
-        self.policy_updates = int(state["counters"]["policy_updates"])
+        if "generator" in state:  # absent in checkpoints written before it was saved
+            self.generator.set_state(state["generator"])
 
 
 # ============================================================================ GradMAP
@@ -220,6 +241,17 @@ class GradMAP(_PolicyLearner):
     history_extras = ("lagrangian", "train_cost_per_day", "train_violation_rate", "clipped_share",
                       "fit_loss", "grad_rms", "env_s", "fit_s", "train_feasibility_distance")
 
+    @classmethod
+    def search_space(cls, trial) -> dict:
+        """Proximal step eta, trust region delta, inner learning rate, inner epochs E, minibatches,
+        then the duals (:func:`dual_space`); ranges contain the defaults (docs/tuning.md)."""
+        return {"eta": trial.suggest_float("eta", 0.02, 1.0, log=True),
+                "delta": trial.suggest_float("delta", 0.02, 1.0, log=True),
+                "learning_rate": trial.suggest_float("learning_rate", 3e-4, 3e-2, log=True),
+                "epochs": trial.suggest_int("epochs", 1, 16),
+                "minibatches": trial.suggest_int("minibatches", 1, 8),
+                **dual_space(trial)}
+
     def environment_gradient(self, trainer: Trainer, exo):
         """Closed-loop rollout with the policies (no policy graph) and ``G = dL/du`` per fleet
         ``[B, T, N, d]``; returns ``(rollout, lagrangian value, G)``."""
@@ -238,7 +270,7 @@ class GradMAP(_PolicyLearner):
         grads = torch.autograd.grad(lag.value, flat, allow_unused=True, materialize_grads=True)
         steps = len(leaves[0])
         g = [torch.stack(grads[f * steps:(f + 1) * steps], 1) for f in range(len(leaves))]
-        self.env_gradient_evaluations += 1
+        self.env.counters.env_gradient_evaluations += 1
         return rollout, lag, g
 
     def train_iteration(self, trainer: Trainer) -> dict[str, float]:
@@ -258,7 +290,7 @@ class GradMAP(_PolicyLearner):
             policy.normaliser.update(o)
         fit_loss, steps = fit_policies(list(self.policies), obs, prox.targets, self.optimizer,
                                        cfg.epochs, cfg.minibatches, cfg.max_grad_norm, self.generator)
-        self.policy_updates += steps
+        self.env.counters.policy_updates += steps
         if self.dual_ascent and ascend:
             self.duals.ascend(lag.means, self.ascent)
         t2 = time.perf_counter()
@@ -283,6 +315,14 @@ class GradMAPE1(GradMAP):
     name = "gradmap_e1"
     Config = GradMAPE1Config
 
+    @classmethod
+    def search_space(cls, trial) -> dict:
+        """GradMAP's space without E and delta (fixed at 1 and none in this ablation)."""
+        return {"eta": trial.suggest_float("eta", 0.02, 1.0, log=True),
+                "learning_rate": trial.suggest_float("learning_rate", 3e-4, 3e-2, log=True),
+                "minibatches": trial.suggest_int("minibatches", 1, 8),
+                **dual_space(trial)}
+
 
 # ============================================================================ SSL baselines
 class SSLConfig(PolicyLearnerConfig):
@@ -298,6 +338,15 @@ class SSLPenalty(_PolicyLearner):
     history_extras = ("lagrangian", "train_cost_per_day", "train_violation_rate", "grad_norm",
                       "train_feasibility_distance")
 
+    @classmethod
+    def search_space(cls, trial) -> dict:
+        """Learning rate and the fixed penalty weights (``dual_init_*``, EUR per unit)."""
+        return {"learning_rate": trial.suggest_float("learning_rate", 3e-4, 3e-2, log=True),
+                "dual_init_voltage": trial.suggest_float("dual_init_voltage", 0.5, 1000.0, log=True),
+                "dual_init_line": trial.suggest_float("dual_init_line", 0.5, 1000.0, log=True),
+                "dual_init_local": trial.suggest_float("dual_init_local", 0.05, 100.0, log=True),
+                "dual_init_terminal": trial.suggest_float("dual_init_terminal", 0.05, 100.0, log=True)}
+
     def train_iteration(self, trainer: Trainer) -> dict[str, float]:
         cfg = self.config
         exo = trainer.sample_days(cfg.days_per_batch)
@@ -305,10 +354,10 @@ class SSLPenalty(_PolicyLearner):
         lag = self._lagrangian(trainer, rollout)
         self.optimizer.zero_grad(set_to_none=True)
         lag.value.backward()
-        self.env_gradient_evaluations += 1
+        self.env.counters.env_gradient_evaluations += 1
         norms = [clip_grad_norm_per_agent_(p.mlp.parameters(), cfg.max_grad_norm) for p in self.policies]
         self.optimizer.step()
-        self.policy_updates += 1
+        self.env.counters.policy_updates += 1
         self._after_iteration(rollout, lag)
         grad_norm = float(torch.cat(norms).square().sum().sqrt())
         return {"lagrangian": float(lag.value.detach()), "train_cost_per_day": lag.cost_per_day,
@@ -322,6 +371,12 @@ class SSLPD(SSLPenalty):
 
     name = "ssl_pd"
     dual_ascent = True
+
+    @classmethod
+    def search_space(cls, trial) -> dict:
+        """Learning rate and the dual ascent (rates per family, lambda_max, allowed levels)."""
+        return {"learning_rate": trial.suggest_float("learning_rate", 3e-4, 3e-2, log=True),
+                **dual_space(trial)}
 
 
 LEARNERS = (GradMAP, GradMAPE1, SSLPenalty, SSLPD)

@@ -9,10 +9,24 @@ Agent ``i`` of a fleet of ``N`` agents owns
 * a **critic**: ``V_i(o)`` (a stacked MLP with one output), fed with the same per-agent
   normalised observation.
 
-Nothing is shared: every parameter tensor has the agent index as its leading dimension
+By default nothing is shared: every parameter tensor has the agent index as its leading dimension
 (``weight [N, fan_in, fan_out]``, ``log_std [N, d]``), and agent ``i``'s outputs read only row
 ``i`` of the observations. The observation statistics are agent ``i``'s own
 (:class:`gridflex.learning.policies.AgentNormaliser`).
+
+**Parameter sharing** (``shared=True``, one network per device type; MAPPO practice): one actor
+MLP, one log-std ``[1, d]`` and one critic MLP for the fleet, fed with agent ``i``'s normalised
+observation and its **static features** ``f_i`` (ratings, electrical position: standardised
+over the fleet, ``static [N, s]``). Execution stays decentralised: agent ``i`` runs the shared
+network on its own observation and its own constants; :meth:`FleetActorCritic.export_policy`
+writes it as an ordinary per-agent :class:`~gridflex.learning.policies.FleetPolicy` (the static
+features folded into agent ``i``'s first-layer bias), so export and deployment are unchanged.
+The agent-major update runs the shared MLP as one ``[1, N*M, in]`` matrix product per layer.
+
+**Centralised critic** (``global_dim > 0``, MAPPO; training only): ``V_i(s, o_i, f_i)`` with the
+global state ``s [M, G]`` (normalised by its own running statistics) entering the first hidden
+layer through one shared projection ``[G, h]`` added to the agent's local first layer, so the
+global state is projected once per sample, not once per agent.
 
 **Bounded actions and the log-probability** (``squash``). The device needs ``u in [0, 1]^d``.
 Two exact choices, selected per learner:
@@ -49,7 +63,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gridflex.learning.policies import FleetPolicy, StackedMLP
+from gridflex.learning.policies import ACTIVATIONS, AgentNormaliser, FleetPolicy, StackedMLP
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -79,11 +93,14 @@ def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
 
 
 class FleetActorCritic(nn.Module):
-    """The ``N`` independent actors and critics of one fleet (module docstring).
+    """The ``N`` actors and critics of one fleet (module docstring).
 
     ``squash`` is ``"clip"`` or ``"sigmoid"`` (module docstring). ``log_std_bounds`` clamps
     ``log_sigma`` wherever it is used (not the stored parameter), so the exploration noise stays
     inside ``[exp(lo), exp(hi)]`` (u-units for ``clip``, logit units for ``sigmoid``).
+    ``shared``: one network per fleet with ``static [N, s]`` agent features as extra inputs;
+    ``global_dim``: size ``G`` of the centralised critic's global state (0: local critic);
+    ``actor_out_scale``: initial scale of the actors' last layer (0: the mean starts at the offset).
     """
 
     def __init__(self, n_agents: int, obs_dim: int, action_dim: int, hidden: Sequence[int],
@@ -91,7 +108,8 @@ class FleetActorCritic(nn.Module):
                  log_std_init: float = -1.0,
                  log_std_bounds: tuple[float, float] = (-5.0, 1.0),
                  generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", *, shared: bool = False,
+                 static: torch.Tensor | None = None, global_dim: int = 0, actor_out_scale: float = 0.01):
         super().__init__()
         if squash not in ("clip", "sigmoid"):
             raise ValueError(f"squash must be 'clip' or 'sigmoid', not {squash!r}")
@@ -99,28 +117,58 @@ class FleetActorCritic(nn.Module):
         self.squash = squash
         self.mean_offset = 0.5 if squash == "clip" else 0.0  # clip: the initial mean is mid-range
         self.log_std_bounds = tuple(log_std_bounds)
-        self.policy = FleetPolicy(n_agents, obs_dim, action_dim, hidden, activation, 0.01,
-                                  generator, dtype, device)
-        self.log_std = nn.Parameter(torch.full((n_agents, action_dim), float(log_std_init),
+        self.shared = bool(shared)
+        self.global_dim = int(global_dim)
+        if self.shared:
+            static = torch.zeros(n_agents, 0) if static is None else static
+            self.register_buffer("static", static.to(dtype=dtype, device=device))
+            s = self.static.shape[1]
+            self.policy = None
+            self._normaliser = AgentNormaliser(n_agents, obs_dim, dtype=dtype, device=device)
+            self.actor_mlp = StackedMLP(1, obs_dim + s, action_dim, hidden, activation, actor_out_scale,
+                                        generator, dtype, device)
+            rows = 1
+        else:
+            self.register_buffer("static", torch.zeros(n_agents, 0, dtype=dtype, device=device))
+            self.policy = FleetPolicy(n_agents, obs_dim, action_dim, hidden, activation, actor_out_scale,
+                                      generator, dtype, device)
+            rows = n_agents
+        self.log_std = nn.Parameter(torch.full((rows, action_dim), float(log_std_init),
                                                dtype=dtype, device=device))
-        self.critic = StackedMLP(n_agents, obs_dim, 1, critic_hidden, activation, 1.0,
+        critic_in = obs_dim + self.static.shape[1]
+        self.critic = StackedMLP(rows, critic_in, 1, critic_hidden, activation, 1.0,
                                  generator, dtype, device)
-        # per-agent scale of the returns the critic predicts (EUR), set once from a warm-up rollout
+        if self.global_dim:
+            width = list(critic_hidden)[0] if list(critic_hidden) else 1
+            w = torch.randn(1, self.global_dim, width, generator=generator, dtype=dtype) / math.sqrt(self.global_dim)
+            self.global_proj = nn.Parameter(w.to(device))
+            self.global_norm = AgentNormaliser(1, self.global_dim, dtype=dtype, device=device)
+        # per-agent location and scale of the returns the critic predicts (EUR): fixed from the
+        # warm-up rollout, or running statistics (value normalisation)
         self.register_buffer("return_scale", torch.ones(n_agents, dtype=dtype, device=device))
+        self.register_buffer("return_mean", torch.zeros(n_agents, dtype=dtype, device=device))
 
     @property
-    def normaliser(self):
-        return self.policy.normaliser
+    def normaliser(self) -> AgentNormaliser:
+        return self._normaliser if self.shared else self.policy.normaliser
+
+    @property
+    def loss_weight(self) -> float:
+        """Weight of each agent's loss in the fleet's sum: ``1/N`` for a shared network (the mean
+        over agents, MAPPO practice), 1 for independent networks (each its own sum)."""
+        return 1.0 / self.n_agents if self.shared else 1.0
 
     def actor_parameters(self) -> list[nn.Parameter]:
-        return [*self.policy.mlp.parameters(), self.log_std]
+        mlp = self.actor_mlp if self.shared else self.policy.mlp
+        return [*mlp.parameters(), self.log_std]
 
     def critic_parameters(self) -> list[nn.Parameter]:
-        return list(self.critic.parameters())
+        extra = [self.global_proj] if self.global_dim else []
+        return [*self.critic.parameters(), *extra]
 
     def clamped_log_std(self) -> torch.Tensor:
         """``log_sigma [N, d]`` inside ``log_std_bounds``."""
-        return self.log_std.clamp(*self.log_std_bounds)
+        return self.log_std.clamp(*self.log_std_bounds).expand(self.n_agents, self.action_dim)
 
     # ------------------------------------------------------------------ distribution
     def to_u(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,13 +182,65 @@ class FleetActorCritic(nn.Module):
             return censored_log_prob(stored, mean, log_std)
         return gaussian_log_prob(stored, mean, log_std)
 
+    def _with_static(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, M, k] -> [N, M, k + s]`` (the static features appended; a no-op without)."""
+        if not self.static.shape[1]:
+            return x
+        return torch.cat([x, self.static.unsqueeze(1).expand(-1, x.shape[1], -1)], -1)
+
+    def _run(self, mlp: StackedMLP, x: torch.Tensor, first_extra: torch.Tensor | None = None) -> torch.Tensor:
+        """``mlp`` on agent-major ``x [N, M, in]`` -> ``[N, M, out]``; a shared (one-agent) MLP runs
+        as one ``[1, N*M, in]`` product per layer. ``first_extra`` (broadcastable to the first
+        hidden layer ``[N, M, h]``) is added before its activation (the centralised critic)."""
+        n, m = x.shape[:2]
+        h = x.reshape(1, n * m, x.shape[-1]) if mlp.n_agents == 1 else x
+        n_layers = len(mlp.weights)
+        for layer, (w, b) in enumerate(zip(mlp.weights, mlp.biases)):
+            h = torch.baddbmm(b.unsqueeze(1), h, w)
+            if layer == 0 and first_extra is not None:
+                h = (h.reshape(n, m, -1) + first_extra).reshape(h.shape)
+            if layer < n_layers - 1:
+                h = mlp.activation(h)
+        return h.reshape(n, m, -1)
+
     def mean(self, obs: torch.Tensor) -> torch.Tensor:
         """Gaussian mean ``[..., N, d]`` of batch-major observations ``[..., N, k]``."""
-        return self.policy.logits(obs) + self.mean_offset
+        if not self.shared:
+            return self.policy.logits(obs) + self.mean_offset
+        lead, (n, k) = obs.shape[:-2], obs.shape[-2:]
+        x = self.normalise_agent_major(obs.reshape(-1, n, k).transpose(0, 1))
+        out = self.mean_agent_major(x)
+        return out.transpose(0, 1).reshape(*lead, n, self.action_dim)
 
     def mean_agent_major(self, x: torch.Tensor) -> torch.Tensor:
         """Gaussian mean ``[N, M, d]`` of *normalised* agent-major observations ``[N, M, k]``."""
+        if self.shared:
+            return self._run(self.actor_mlp, self._with_static(x)) + self.mean_offset
         return self.policy.mlp.forward_agent_major(x) + self.mean_offset
+
+    def export_policy(self) -> FleetPolicy:
+        """The deterministic actor as a per-agent :class:`FleetPolicy` (logits = mean - offset):
+        the policy itself, or for a shared network its weights replicated per agent with
+        ``static_i @ W_static`` folded into agent ``i``'s first-layer bias (exact)."""
+        if not self.shared:
+            return self.policy
+        mlp = self.actor_mlp
+        w0, b0 = mlp.weights[0].detach(), mlp.biases[0].detach()
+        k = self.obs_dim
+        hidden = [w.shape[-1] for w in mlp.weights[:-1]]
+        act = next(name for name, fn in ACTIVATIONS.items() if fn is mlp.activation)
+        out = FleetPolicy(self.n_agents, k, self.action_dim, hidden, act, 0.01, None,
+                          w0.dtype, w0.device)
+        out.normaliser.load_state_dict(self.normaliser.state_dict())
+        with torch.no_grad():
+            for layer, (w, b) in enumerate(zip(mlp.weights, mlp.biases)):
+                if layer == 0:
+                    out.mlp.weights[0].copy_(w0[0, :k].expand(self.n_agents, -1, -1))
+                    out.mlp.biases[0].copy_(b0[0] + self.static @ w0[0, k:])
+                else:
+                    out.mlp.weights[layer].copy_(w.detach().expand(self.n_agents, -1, -1))
+                    out.mlp.biases[layer].copy_(b.detach().expand(self.n_agents, -1))
+        return out
 
     # ------------------------------------------------------------------ acting (batch-major)
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
@@ -167,20 +267,34 @@ class FleetActorCritic(nn.Module):
     # ------------------------------------------------------------------ update path (agent-major)
     def normalise_agent_major(self, obs: torch.Tensor) -> torch.Tensor:
         """Per-agent normalised observations ``[N, M, k]`` (agent ``i`` by its own statistics)."""
-        norm = self.policy.normaliser
+        norm = self.normaliser
         x = (obs.to(norm.mean.dtype) - norm.mean.unsqueeze(1)) / torch.sqrt(norm.var.unsqueeze(1) + norm.eps)
         return x.clamp(-norm.clip, norm.clip)
 
-    def value_agent_major(self, obs: torch.Tensor) -> torch.Tensor:
-        """Critic outputs ``[N, M]`` (returns in units of ``return_scale``) of ``obs [N, M, k]``."""
-        return self.critic.forward_agent_major(self.normalise_agent_major(obs)).squeeze(-1)
+    def _global_term(self, global_state: torch.Tensor | None) -> torch.Tensor | None:
+        """The centralised critic's first-layer contribution ``[1, M, h]`` of ``s [M, G]``."""
+        if not self.global_dim:
+            return None
+        if global_state is None:
+            raise ValueError("this critic is centralised: pass the global state [M, G]")
+        z = self.global_norm(global_state.to(self.global_proj.dtype).unsqueeze(1))[:, 0]  # [M, G]
+        return (z @ self.global_proj[0]).unsqueeze(0)
 
-    def evaluate(self, obs: torch.Tensor, stored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _value(self, x: torch.Tensor, global_state: torch.Tensor | None) -> torch.Tensor:
+        return self._run(self.critic, self._with_static(x), self._global_term(global_state)).squeeze(-1)
+
+    def value_agent_major(self, obs: torch.Tensor, global_state: torch.Tensor | None = None) -> torch.Tensor:
+        """Critic outputs ``[N, M]`` (normalised returns: ``(R - return_mean) / return_scale``) of
+        ``obs [N, M, k]`` (and, centralised, the global state ``[M, G]``)."""
+        return self._value(self.normalise_agent_major(obs), global_state)
+
+    def evaluate(self, obs: torch.Tensor, stored: torch.Tensor, global_state: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For ``obs [N, M, k]`` and stored samples ``[N, M, d]`` (see :meth:`sample`): log-probs
         ``[N, M]``, values ``[N, M]`` and entropies ``[N]`` under the current parameters."""
         x = self.normalise_agent_major(obs)
         mean = self.mean_agent_major(x)  # [N, M, d]
         log_std = self.clamped_log_std()  # [N, d]
         log_prob = self.log_prob(stored, mean, log_std.unsqueeze(1))
-        value = self.critic.forward_agent_major(x).squeeze(-1)
+        value = self._value(x, global_state)
         return log_prob, value, gaussian_entropy(log_std)

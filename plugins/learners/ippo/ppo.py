@@ -72,21 +72,40 @@ class FleetBatch:
     advantages: torch.Tensor
     returns: torch.Tensor
     values: torch.Tensor
+    global_state: torch.Tensor | None = None  # [M, G], the centralised critic's input
+
+
+@torch.no_grad()
+def update_return_statistics(agent: FleetActorCritic, returns_eur: torch.Tensor, momentum: float = 0.1) -> None:
+    """Running value normalisation: move each agent's ``return_mean`` and ``return_scale``
+    (``[N]``, EUR) towards the mean and standard deviation of its returns ``[B, T, N]`` by
+    ``momentum`` (the scale floored at 1e-3 EUR)."""
+    r = returns_eur.to(agent.return_mean.dtype).reshape(-1, returns_eur.shape[-1])
+    mean, std = r.mean(0), r.std(0, unbiased=False).clamp_min(1e-3)
+    agent.return_mean.lerp_(mean, momentum)
+    agent.return_scale.lerp_(std, momentum)
 
 
 def fleet_batch(agent: FleetActorCritic, observations: torch.Tensor, z: torch.Tensor, log_prob: torch.Tensor,
-                rewards: torch.Tensor, gamma: float, lam: float) -> FleetBatch:
+                rewards: torch.Tensor, gamma: float, lam: float, *, global_state: torch.Tensor | None = None,
+                running_values: bool = False) -> FleetBatch:
     """One fleet's :class:`FleetBatch` from a rollout: ``observations [B, T, N, k]``, sampled
-    ``z [B, T, N, d]``, behaviour ``log_prob [B, T, N]`` and ``rewards [B, T, N]`` (EUR). Values
-    come from the agent's critic (no gradient); rewards are divided by each agent's
-    ``return_scale`` so that advantages and returns are in the critic's units."""
+    ``z [B, T, N, d]``, behaviour ``log_prob [B, T, N]``, ``rewards [B, T, N]`` (EUR) and, for a
+    centralised critic, ``global_state [B, T, G]``. Values come from the critic (no gradient),
+    de-normalised to EUR for GAE; advantages are divided by ``return_scale`` and returns
+    normalised as the critic predicts them (after the running update when ``running_values``)."""
     obs = to_agent_major(observations).to(agent.log_std.dtype)  # [N, M, k]
     b, steps, n = rewards.shape
+    gs = None if global_state is None else global_state.reshape(b * steps, -1).to(agent.log_std.dtype)
     with torch.no_grad():
-        values = agent.value_agent_major(obs).transpose(0, 1).reshape(b, steps, n)
-    adv, returns = gae(rewards.to(values.dtype) / agent.return_scale, values, gamma, lam)
-    return FleetBatch(obs, to_agent_major(z), to_agent_major(log_prob), to_agent_major(adv),
-                      to_agent_major(returns), to_agent_major(values))
+        values = agent.value_agent_major(obs, gs).transpose(0, 1).reshape(b, steps, n)
+    values_eur = values * agent.return_scale + agent.return_mean
+    adv, returns_eur = gae(rewards.to(values.dtype), values_eur, gamma, lam)
+    if running_values:
+        update_return_statistics(agent, returns_eur)
+    returns = (returns_eur - agent.return_mean) / agent.return_scale
+    return FleetBatch(obs, to_agent_major(z), to_agent_major(log_prob), to_agent_major(adv / agent.return_scale),
+                      to_agent_major(returns), to_agent_major(values), gs)
 
 
 @dataclass
@@ -100,6 +119,39 @@ class PPOSettings:
     entropy_coef: float = 0.0
     max_grad_norm: float = 0.5
     normalise_advantages: bool = True
+
+
+def ppo_loss(agent: FleetActorCritic, batch: FleetBatch, advantages: torch.Tensor, idx: torch.Tensor,
+             settings: PPOSettings) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-agent loss ``L_i [N]`` (module docstring) on the samples ``idx`` of ``batch`` with the
+    (already standardised) ``advantages [N, M]``; and per-agent ``policy_loss``, ``value_loss``,
+    ``entropy``, ``approx_kl``, ``clip_fraction`` ``[N]`` (detached)."""
+    gs = None if batch.global_state is None else batch.global_state[idx]
+    log_prob, value, entropy = agent.evaluate(batch.obs[:, idx], batch.z[:, idx], gs)
+    log_ratio = log_prob - batch.log_prob[:, idx]
+    ratio = log_ratio.exp()
+    a = advantages[:, idx]
+    surrogate = torch.minimum(ratio * a, ratio.clamp(1 - settings.clip, 1 + settings.clip) * a)
+    policy_loss = -surrogate.mean(1)  # [N]
+    value_loss = 0.5 * (value - batch.returns[:, idx]).square().mean(1)  # [N]
+    per_agent = policy_loss + settings.value_coef * value_loss - settings.entropy_coef * entropy
+    with torch.no_grad():
+        stats = {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(),
+                 "entropy": entropy.detach(), "approx_kl": ((ratio - 1) - log_ratio).mean(1),
+                 "clip_fraction": ((ratio - 1).abs() > settings.clip).to(ratio.dtype).mean(1)}
+    return per_agent, stats
+
+
+def clip_grad_norms_(agent: FleetActorCritic, max_norm: float) -> None:
+    """Per-agent clipping of actor and critic separately; parameters without the agent index as
+    leading dimension (shared: leading 1) are clipped as one group."""
+    for params in (agent.actor_parameters(), agent.critic_parameters()):
+        groups: dict[int, list] = {}
+        for p in params:
+            if p.grad is not None:
+                groups.setdefault(p.shape[0], []).append(p)
+        for group in groups.values():
+            clip_grad_norm_per_agent_(group, max_norm)
 
 
 def ppo_update(agents: list[FleetActorCritic], batches: list[FleetBatch], optimizer: torch.optim.Optimizer,
@@ -129,25 +181,13 @@ def ppo_update(agents: list[FleetActorCritic], batches: list[FleetBatch], optimi
             optimizer.zero_grad(set_to_none=True)
             loss = 0.0
             for agent, batch, adv in zip(agents, batches, advantages):
-                log_prob, value, entropy = agent.evaluate(batch.obs[:, idx], batch.z[:, idx])
-                log_ratio = log_prob - batch.log_prob[:, idx]
-                ratio = log_ratio.exp()
-                a = adv[:, idx]
-                surrogate = torch.minimum(ratio * a, ratio.clamp(1 - settings.clip, 1 + settings.clip) * a)
-                policy_loss = -surrogate.mean(1)  # [N]
-                value_loss = 0.5 * (value - batch.returns[:, idx]).square().mean(1)  # [N]
-                per_agent = policy_loss + settings.value_coef * value_loss - settings.entropy_coef * entropy
-                loss = loss + per_agent.sum()
-                with torch.no_grad():
-                    sums["policy_loss"] += float(policy_loss.sum()) * weight
-                    sums["value_loss"] += float(value_loss.sum()) * weight
-                    sums["entropy"] += float(entropy.sum()) * weight
-                    sums["approx_kl"] += float(((ratio - 1) - log_ratio).mean(1).sum()) * weight
-                    sums["clip_fraction"] += float(((ratio - 1).abs() > settings.clip).double().mean(1).sum()) * weight
+                per_agent, parts = ppo_loss(agent, batch, adv, idx, settings)
+                loss = loss + agent.loss_weight * per_agent.sum()
+                for key, value in parts.items():
+                    sums[key] += float(value.sum()) * weight
             loss.backward()
             for agent in agents:
-                clip_grad_norm_per_agent_(agent.actor_parameters(), settings.max_grad_norm)
-                clip_grad_norm_per_agent_(agent.critic_parameters(), settings.max_grad_norm)
+                clip_grad_norms_(agent, settings.max_grad_norm)
             optimizer.step()
             steps += 1
         stats = {k: v / n_agents for k, v in sums.items()}
