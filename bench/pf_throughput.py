@@ -11,6 +11,13 @@ the previous snapshot's voltages, its default), ``fwd`` (gridflex forward, cold 
 no-load voltages), ``fwd+bwd`` (forward and the implicit backward of a scalar loss of all |V| and
 the source power w.r.t. every load factor), ``fwd warm`` (warm start from the solution of a
 snapshot 2% away, as in a time series).
+
+Large feeders (issue 19): ``--method dense sparse`` builds the network once per method and
+reports its set-up time (feeder from the warm cache + Grid + network) and a single snapshot's time
+(B = 1, best of ``--repeats``) beside the batched rows, e.g. IEEE 8500 on a CPU::
+
+    python bench/pf_throughput.py --feeder scenarios/feeders/outside/IEEETestCases/8500-Node/Master.dss \
+        --method sparse dense --batch 256 --engine-solves 100 --vlimits-rule
 """
 
 from __future__ import annotations
@@ -97,35 +104,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feeder", type=Path, default=FEEDER)
     parser.add_argument("--taps", default="opendss", help="feeder taps mode (file or opendss)")
     parser.add_argument("--profile", action="store_true", help="print the top kernels of one fwd+bwd at the last batch")
+    parser.add_argument("--method", nargs="+", default=["dense"], choices=["dense", "sparse"],
+                        help="Z-bus products: dense inverse and/or sparse LU (each timed in turn)")
+    parser.add_argument("--vlimits-rule", action="store_true", help="OpenDSS Vminpu/Vmaxpu load rule (as the engine)")
     args = parser.parse_args(argv)
 
     # the numerics directly (the plugin adds pydantic, which the GPU machine's image lacks)
-    from gridflex.network.powerflow import AdjointReport, SolveOptions, build_network, solve_power_flow
+    from gridflex.network.powerflow import build_network
 
     device = torch.device(args.device)
+    start = time.perf_counter()
     grid, source = load_grid(args.feeder, args.taps)
+    grid_seconds = time.perf_counter() - start
     dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
-    network = build_network(grid, dtype=dtype, device=device)
-    options = SolveOptions(tol_pu=args.tol, anderson_m=args.anderson_m,
-                           chunk_rows=args.chunk_rows or (2048 if device.type == "cpu" else None))
+    rng = np.random.default_rng(0)
+    n_loads = len(grid.load_elements)
+    print(f"feeder {args.feeder.name} ({grid.n_nodes} nodes, grid from {source} in {grid_seconds:.2f} s); "
+          f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}); "
+          f"{args.dtype}; tol {args.tol:g} pu; anderson m={args.anderson_m}")
+    engine = opendss_rate(args.feeder, rng.uniform(0.5, 1.3, (args.engine_solves, n_loads)), args.tol)
+    if engine is None:
+        print(f"{'opendss':10s} {'-':>8s} {'skipped':>12s}           (the OpenDSS engine is not installed here)")
+    else:
+        print(f"{'opendss':10s} {args.engine_solves:8d} {engine[0]:12,.0f} {engine[1]:8.2f}  "
+              f"(single-threaded loop: {1e3 / engine[0]:.2f} ms per snapshot)")
+    for method in args.method:
+        start = time.perf_counter()
+        network = build_network(grid, dtype=dtype, device=device, method=method, vlimits_rule=args.vlimits_rule)
+        build_seconds = time.perf_counter() - start
+        print(f"--- method {method}: set-up {grid_seconds + build_seconds:.2f} s (grid {grid_seconds:.2f} s + "
+              f"network {build_seconds:.2f} s), {network.n_iter} iterated nodes")
+        chunk = args.chunk_rows or ((16 if method == "sparse" else 2048) if device.type == "cpu" else None)
+        bench_method(args, network, grid, device, dtype, chunk, rng, engine)
+        del network
+    return 0
+
+
+def bench_method(args, network, grid, device, dtype, chunk, rng, engine) -> None:
+    """The rows of one network: single snapshot, then fwd / fwd+bwd / fwd warm per batch size."""
+    from gridflex.network.powerflow import AdjointReport, SolveOptions, solve_power_flow
+
+    options = SolveOptions(tol_pu=args.tol, anderson_m=args.anderson_m, chunk_rows=chunk)
     adjoint = AdjointReport()
+    n_loads = len(grid.load_elements)
 
     def solve(load_scale, warm_start=None):
         return solve_power_flow(network, load_scale, warm_start=warm_start, options=options,
                                 adjoint_report=adjoint)
 
-    rng = np.random.default_rng(0)
-    n_loads = len(grid.load_elements)
-    print(f"feeder {args.feeder.name} ({grid.n_nodes} nodes, {network.n_iter} iterated, grid from {source}); "
-          f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}); "
-          f"{args.dtype}; tol {args.tol:g} pu; anderson m={args.anderson_m}")
     print(f"{'engine':10s} {'B':>8s} {'solves/s':>12s} {'mean it':>8s}  iteration histogram")
-
-    engine = opendss_rate(args.feeder, rng.uniform(0.5, 1.3, (args.engine_solves, n_loads)), args.tol)
-    if engine is None:
-        print(f"{'opendss':10s} {'-':>8s} {'skipped':>12s}           (the OpenDSS engine is not installed here)")
-    else:
-        print(f"{'opendss':10s} {args.engine_solves:8d} {engine[0]:12,.0f} {engine[1]:8.2f}  (single-threaded loop)")
+    one = torch.as_tensor(rng.uniform(0.5, 1.3, (1, n_loads)), dtype=dtype, device=device)
+    with torch.no_grad():
+        seconds, result = timed(lambda: solve(one), device, args.repeats)
+    ratio = f"; {engine[0] * seconds:.2f}x the engine's time" if engine else ""
+    print(f"{'single':10s} {1:8d} {1 / seconds:12,.0f} {result.iterations.double().mean():8.2f}  "
+          f"{seconds * 1e3:.1f} ms per snapshot{ratio}")
 
     for batch in args.batch:
         scales = torch.as_tensor(rng.uniform(0.5, 1.3, (batch, n_loads)), dtype=dtype, device=device)
@@ -141,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             return result
 
         seconds, result = timed(forward, device, args.repeats)
+        speedup = f", {batch / seconds / engine[0]:.1f}x the engine" if engine else ""
         print(f"{'fwd':10s} {batch:8d} {batch / seconds:12,.0f} {result.iterations.double().mean():8.2f}  "
-              f"{histogram(result.iterations)}  (non-converged {result.n_nonconverged})")
+              f"{histogram(result.iterations)}  (non-converged {result.n_nonconverged}; "
+              f"{seconds / batch * 1e3:.2f} ms per snapshot{speedup})")
         seconds, _ = timed(forward_backward, device, args.repeats)
         print(f"{'fwd+bwd':10s} {batch:8d} {batch / seconds:12,.0f} {'':8s}  adjoint it max "
               f"{int(adjoint.iterations.max())}, residual max {float(adjoint.residual.max()):.1e}")
@@ -163,7 +198,6 @@ def main(argv: list[str] | None = None) -> int:
         del scales, result, previous
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Shared studies survive killed workers: issue #15 item 4 (storage), on a real PostgreSQL server
 and on the embedded journal file.
 
-CI (.ci/run) starts PostgreSQL through .ci/postgres.sh and exports GRIDFLEX_TEST_PG_*. Without a
+CI (.ci/run) starts PostgreSQL through .ci/postgres.sh and exports GRIDFLEX_TEST_PG_*; elsewhere the
+test extra's pgserver binaries start a throwaway server (tests/pg_server.py). Without a
 reachable server these tests FAIL (a missing feature must not hide behind a skip) unless
 GRIDFLEX_SKIP_POSTGRES=1 says that skipping is intended (a developer machine without it).
 
@@ -37,13 +38,24 @@ def _pg_params() -> dict | None:
 
 @pytest.fixture(scope="module")
 def pg():
-    """The CI database's connection parts; fail (or skip when GRIDFLEX_SKIP_POSTGRES=1) without one."""
+    """The database's connection parts: CI's server (GRIDFLEX_TEST_PG_*), else a throwaway server
+    from the test extra's pgserver binaries (tests/pg_server.py); fail (or skip when
+    GRIDFLEX_SKIP_POSTGRES=1) when neither is reachable."""
     skip = os.environ.get("GRIDFLEX_SKIP_POSTGRES") == "1"
     params = _pg_params()
-    why = None
-    if params is None:
+    why, stop = None, None
+    if params is None and not skip:
+        import tempfile
+
+        import pg_server
+
+        try:  # a short path: PostgreSQL's socket names are limited to ~100 characters
+            params, stop = pg_server.start(Path(tempfile.mkdtemp(prefix="gfpg")))
+        except Exception as exc:  # noqa: BLE001 - reported below, with the way out
+            why = f"GRIDFLEX_TEST_PG_* are not set and no throwaway server started ({type(exc).__name__}: {exc})"
+    if params is None and why is None:
         why = "the GRIDFLEX_TEST_PG_* variables are not set"
-    else:
+    elif params is not None:
         import psycopg
 
         try:
@@ -58,7 +70,9 @@ def pg():
         if skip:
             pytest.skip(message)
         pytest.fail(message)
-    return params
+    yield params
+    if stop is not None:
+        stop()
 
 
 @pytest.fixture(params=["journal", "postgresql"])

@@ -6,7 +6,8 @@ and a validated config. No cvxpy, no OpenDSS engine: it runs on a bare GPU machi
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+import warnings
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +22,13 @@ from gridflex.network.powerflow.taps import RegulatorTable, build_tap_bank
 #: (tol_pu, adjoint_tol) when the config leaves them None: float32 resolves about 1e-7 pu, so a
 #: float64 tolerance would leave float32 samples unconverged
 _DEFAULT_TOL = {torch.float64: (1e-8, 1e-8), torch.float32: (1e-6, 1e-5)}
+
+#: ``method: auto`` takes the sparse LU on CPU above this many nodes (docs/benchmarks.md, issue
+#: 19: the dense inverse's O(n^3) set-up and O(n^2) memory lose to the LU well before IEEE 8500;
+#: the shipped IEEE 13/34/123, at most 278 nodes, stay dense)
+SPARSE_MIN_NODES = 1500
+#: row chunk of the sparse path on CPU (its right-hand sides are [n, rows] complex buffers)
+SPARSE_CHUNK_ROWS = 16
 
 
 class AC3PhSolver(NetworkSolver):
@@ -37,7 +45,8 @@ class AC3PhSolver(NetworkSolver):
         vlimits_rule: bool = Field(False, description="OpenDSS Vminpu/Vmaxpu rule: loads outside their limits become impedances (a gradient kink)")
         adjoint_tol: float | None = Field(None, gt=0, description="adjoint convergence tolerance, relative to the upstream gradient's max; None: 1e-8 in float64, 1e-5 in float32")
         adjoint_max_iter: int = Field(200, ge=1, description="iteration cap of the adjoint fixed point")
-        chunk_rows: int | None = Field(None, ge=1, description="solve in row chunks of this size; None = 2048 on CPU (cache-sized), unchunked on GPU")
+        chunk_rows: int | None = Field(None, ge=1, description="solve in row chunks of this size; None = 2048 on CPU (cache-sized; 16 with the sparse method), unchunked on GPU")
+        method: Literal["auto", "dense", "sparse"] = Field("auto", description="Z-bus products: dense (the n x n inverse, fastest on small feeders and GPUs), sparse (one sparse LU of Y, triangular solves per iteration, CPU; for large feeders), auto: sparse on CPU above 1500 nodes, else dense. Per-sample regulator taps (enable_taps) run dense: sparse falls back with a warning")
 
         @model_validator(mode="before")
         @classmethod
@@ -57,15 +66,28 @@ class AC3PhSolver(NetworkSolver):
         dtype: torch.dtype = torch.float64,
     ):
         super().__init__(grid, config, injection_nodes=injection_nodes, device=device, dtype=dtype)
+        self.method = self._method()
         self.network = build_network(grid, injection_nodes, vlimits_rule=self.config.vlimits_rule,
-                                     dtype=self.dtype, device=self.device)
+                                     dtype=self.dtype, device=self.device, method=self.method)
+        self._injection_nodes = injection_nodes
         self.options = SolveOptions(
             tol_pu=self.config.tol_pu or _DEFAULT_TOL[self.dtype][0], max_iter=self.config.max_iter, anderson_m=self.config.anderson_m,
             anderson_start=self.config.anderson_start,
             adjoint_tol=self.config.adjoint_tol or _DEFAULT_TOL[self.dtype][1], adjoint_max_iter=self.config.adjoint_max_iter,
-            chunk_rows=self.config.chunk_rows or (2048 if self.device.type == "cpu" else None),
+            chunk_rows=self.config.chunk_rows or self._default_chunk_rows(),
         )
         self.adjoint_report = AdjointReport()
+
+    def _method(self) -> str:
+        """``dense`` or ``sparse`` from the config (auto: sparse on CPU above SPARSE_MIN_NODES)."""
+        if self.config.method != "auto":
+            return self.config.method
+        return "sparse" if self.device.type == "cpu" and self.grid.n_nodes > SPARSE_MIN_NODES else "dense"
+
+    def _default_chunk_rows(self) -> int | None:
+        if self.device.type != "cpu":
+            return None
+        return SPARSE_CHUNK_ROWS if self.method == "sparse" else 2048
 
     # -------------------------------------------------------------------------- names
     @property

@@ -141,7 +141,7 @@ def solve_power_flow(
     c = zbus.injection_coefficients(net, batch, scale, _device(p_pu, q_pu))
     i_iter = zbus.injection_currents(net, v_iter, c)
     if tap_rows is None:
-        v_all = torch.addmm(net.w_all.expand(batch, -1), i_iter, net.z_ni_t)
+        v_all = zbus.node_voltages_from_currents(net, i_iter)
     else:
         v_all = zbus.node_voltages_taps(net, i_iter, tap_rows)
 

@@ -36,6 +36,7 @@ from gridflex.network.grid import Grid
 from gridflex.network.powerflow import loads as lm
 from gridflex.network.powerflow.anderson import FixedPointResult, chunked_rows, anderson_fixed_point
 from gridflex.network.powerflow.precision import SourceSplit, precise_no_load_voltage, refined_inverse
+from gridflex.network.powerflow.sparse import SparseZ, sparse_per_unit_admittance
 
 if TYPE_CHECKING:  # annotations only: gridflex.network.powerflow.taps builds on this module
     from gridflex.network.powerflow.taps import TapBank, TapRows
@@ -107,6 +108,9 @@ class ZBusNetwork:
     branch_groups: list[BranchCurrentGroup]
     branch_perm: torch.Tensor  # long [T]: concatenated group outputs -> Grid branch order
     tap_bank: "TapBank | None" = None  # per-sample regulator taps (build_tap_bank), else None
+    #: sparse LU of Y (``method="sparse"``): the Z products go through it and z_ii_t, z_ii_conj,
+    #: z_ni_t are empty [0, 0]; None: the dense Z-bus above
+    sparse_z: SparseZ | None = None
 
     @property
     def n_iter(self) -> int:
@@ -156,6 +160,7 @@ def build_network(
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
     precise: bool = False,
+    method: str = "dense",
 ) -> ZBusNetwork:
     """Precompute Z, the no-load voltage and the load tables of ``grid`` (once per Grid).
 
@@ -165,7 +170,13 @@ def build_network(
     long-double residuals (:func:`refined_inverse`, :func:`precise_no_load_voltage`): ~1e-12 pu
     instead of ~3e-9 pu on the IEEE feeders, at ~4x the (small) build cost. Off by default; the
     per-sample tap bank always works this way.
+
+    ``method``: ``"dense"`` (the n x n inverse) or ``"sparse"`` (one sparse LU of Y, products by
+    triangular solves, :mod:`gridflex.network.powerflow.sparse`; its no-load voltage is always
+    computed the ``precise`` way, without the Norton current).
     """
+    if method not in ("dense", "sparse"):
+        raise ValueError(f"method must be 'dense' or 'sparse', not {method!r}")
     n = grid.n_nodes
     inj = load_nodes(grid) if injection_nodes is None else _resolve_nodes(grid, injection_nodes)
     iter_nodes = np.union1d(load_nodes(grid), inj)
@@ -174,7 +185,14 @@ def build_network(
     v_base = np.asarray(grid.v_base_ln_v, dtype=float)
 
     src = np.asarray(grid.source_nodes)
-    if precise:
+    sparse_z = None
+    if method == "sparse":
+        sparse_z = SparseZ(sparse_per_unit_admittance(grid.y_si, v_base, s_base_va), iter_nodes)
+        w_all = sparse_z.no_load_voltage(
+            src, grid.source_y_si * np.outer(v_base[src], v_base[src]) / s_base_va,
+            grid.source_emf_v / v_base[src])
+        z_ni = z_ii = np.zeros((0, 0), dtype=complex)
+    elif precise:
         y_pu = grid.y_si * np.outer(v_base, v_base) / s_base_va
         z = refined_inverse(y_pu)
         w_all = precise_no_load_voltage(SourceSplit(grid, y_pu), z)
@@ -183,8 +201,9 @@ def build_network(
         i_norton_pu = np.zeros(n, dtype=complex)
         i_norton_pu[src] = v_base[src] * (grid.source_y_si @ grid.source_emf_v) / s_base_va
         w_all = z[:, src] @ i_norton_pu[src]
-    z_ni = z[:, iter_nodes]
-    z_ii = z_ni[iter_nodes]
+    if sparse_z is None:
+        z_ni = z[:, iter_nodes]
+        z_ii = z_ni[iter_nodes]
 
     loads = _load_tables(grid, pos, len(iter_nodes), vlimits_rule)
     coef = np.concatenate([loads["m_pq"], loads["m_z"], loads["m_i"]], axis=1)
@@ -242,6 +261,7 @@ def build_network(
             for rows, nodes, yprim in groups
         ],
         branch_perm=long(perm),
+        sparse_z=sparse_z,
     )
 
 
@@ -427,6 +447,8 @@ def injection_currents(net: ZBusNetwork, v: torch.Tensor, c: Injections) -> torc
 
 def fixed_point_map(net: ZBusNetwork, v: torch.Tensor, c: Injections) -> torch.Tensor:
     """G(v) = w_I + Z_II i(v) = w_I - Z_II drawn(v): one Z-bus step, [B, n_I]."""
+    if net.sparse_z is not None:
+        return net.w_i - net.sparse_z.z_ii(drawn_currents(net, v, c))
     return torch.addmm(net.w_i.expand(v.shape[0], -1), drawn_currents(net, v, c), net.z_ii_t, alpha=-1)
 
 
@@ -570,8 +592,15 @@ def solve_adjoint(
 
 def node_voltages(net: ZBusNetwork, v_iter: torch.Tensor, c: Injections) -> torch.Tensor:
     """All node voltages w + Z_{:,I} i(v_I), pu [B, n] (differentiable)."""
-    i = injection_currents(net, v_iter, c)
-    return torch.addmm(net.w_all.expand(v_iter.shape[0], -1), i, net.z_ni_t)
+    return node_voltages_from_currents(net, injection_currents(net, v_iter, c))
+
+
+def node_voltages_from_currents(net: ZBusNetwork, i_iter: torch.Tensor) -> torch.Tensor:
+    """All node voltages w + Z_{:,I} i from the injected currents i [B, n_I], pu [B, n]
+    (differentiable in ``i_iter``; dense product or sparse solves)."""
+    if net.sparse_z is not None:
+        return net.w_all + net.sparse_z.z_ni(i_iter)
+    return torch.addmm(net.w_all.expand(i_iter.shape[0], -1), i_iter, net.z_ni_t)
 
 
 def terminal_currents_a(net: ZBusNetwork, v_all_pu: torch.Tensor, taps: torch.Tensor | None = None) -> torch.Tensor:
@@ -624,7 +653,7 @@ def adjoint_currents(net: ZBusNetwork, lam: torch.Tensor, k_conj: torch.Tensor |
     """mu = Z_II^H lambda (rows), or Z_b,II^H lambda per row when ``k_conj`` = conj(K_b) is given:
     Z_b,II^H = Z_II^H - Z_UI^H K_b^H Z_IU^H, the exact conjugate transpose of the forward map."""
     if k_conj is None:
-        return lam @ net.z_ii_conj
+        return lam @ net.z_ii_conj if net.sparse_z is None else net.sparse_z.z_ii_h(lam)
     bank = net.tap_bank
     prod_i, prod_u = bank.products(lam, adjoint=True)  # lambda conj(Z_II), lambda conj(Z_IU)
     s = torch.bmm(prod_u.unsqueeze(1), k_conj).squeeze(1)
