@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         build_seconds = time.perf_counter() - start
         print(f"--- method {method}: set-up {grid_seconds + build_seconds:.2f} s (grid {grid_seconds:.2f} s + "
               f"network {build_seconds:.2f} s), {network.n_iter} iterated nodes")
-        chunk = args.chunk_rows or ((16 if method == "sparse" else 2048) if device.type == "cpu" else None)
+        chunk = args.chunk_rows or ((32 if method == "sparse" else 2048) if device.type == "cpu" else None)
         bench_method(args, network, grid, device, dtype, chunk, rng, engine)
         del network
     return 0

@@ -314,7 +314,7 @@ def solve_engine(dss_path: str | Path, commands: list[str] | tuple[str, ...] = (
 
 
 def compare_with_engine(dss_path: str | Path, taps: str = "opendss", load_mult: float = 1.0,
-                        engine_commands: list[str] | tuple[str, ...] = ()) -> dict:
+                        engine_commands: list[str] | tuple[str, ...] = (), method: str = "auto") -> dict:
     """gridflex's reading and ``ac3ph`` solve of a .dss file against the engine's own solve.
 
     The feeder is read afresh (no cache) with ``taps``; the engine settles its controls the same
@@ -324,17 +324,22 @@ def compare_with_engine(dss_path: str | Path, taps: str = "opendss", load_mult: 
     ``load_mult`` scales gridflex's status=variable loads and is the engine's ``Set LoadMult``
     times the file's own. Returns ``max_dv_pu`` (largest |V_gridflex - V_engine| over every node,
     per unit of the node's base), the feeder, grid, both voltage vectors (V, grid order) and the
-    engine case.
+    engine case. ``method``: the Z-bus products (``dense``, ``sparse``, or ``auto`` as the ``ac3ph``
+    solver chooses on a CPU: sparse above ``SPARSE_MIN_NODES`` nodes); ``result.network`` tells.
     """
     import torch
 
     from gridflex.network.grid_build import build_grid
-    from gridflex.network.powerflow import SolveOptions, build_network, solve_power_flow
+    from gridflex.network.powerflow import build_network, solve_power_flow
     from gridflex_plugins.feeders.dss_reader import read_dss_feeder
 
     feeder = read_dss_feeder(dss_path, taps)
     grid = build_grid(feeder)
-    net = build_network(grid, vlimits_rule=True)
+    if method == "auto":
+        from gridflex_plugins.solvers.ac3ph import SPARSE_MIN_NODES
+
+        method = "sparse" if grid.n_nodes > SPARSE_MIN_NODES else "dense"
+    net = build_network(grid, vlimits_rule=True, method=method)
     scale = torch.full((len(grid.load_elements),), float(load_mult), dtype=torch.float64)
     scale[torch.as_tensor(grid.load_fixed)] = 1.0
     result = solve_power_flow(net, load_scale=scale, options=_options())

@@ -137,7 +137,7 @@ class AgentGraph(nn.Module):
 
 def state_names(model: DeviceModel) -> list[str]:
     """The device state's component names (``model.state_names``, else ``s0, s1, ...``)."""
-    names = list(getattr(model, "state_names", ()) or ())
+    names = list(model.state_names)
     return names if len(names) == model.state_dim else [f"s{i}" for i in range(model.state_dim)]
 
 

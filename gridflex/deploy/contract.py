@@ -82,7 +82,7 @@ def observation_spec(env, fleet: int) -> list[dict]:
     rows = [dict(name=n, unit=u, formula=f) for n, u, f in COMMON_FEATURES]
     if env.observe_voltage:
         rows.append(dict(zip(("name", "unit", "formula"), VOLTAGE_FEATURE)))
-    names = list(getattr(model, "observation_names", ()) or ())
+    names = list(model.observation_names)
     if len(names) != model.obs_dim:
         names = [f"device_feature_{j}" for j in range(model.obs_dim)]
     for j, name in enumerate(names):
@@ -106,8 +106,8 @@ def input_spec(env, fleet: int) -> list[dict]:
 def action_spec(model) -> list[dict]:
     """The action's components: name, unit, meaning (the first ``action_dim`` of the model's)."""
     d = int(model.action_dim)
-    names = list(getattr(model, "action_names", ()) or ())[:d]
-    meanings = list(getattr(model, "action_meanings", ()) or ())[:d]
+    names = list(model.action_names)[:d]
+    meanings = list(model.action_meanings)[:d]
     if len(names) != d:
         names = [f"a{j}" for j in range(d)]
     meanings += [""] * (d - len(meanings))

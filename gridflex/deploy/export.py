@@ -146,7 +146,7 @@ def agent_inputs(env, rollout, fleet: int, agent: int) -> dict[str, np.ndarray]:
     if env.observe_voltage:
         vm = rollout.flow.vm_pu.detach()  # [B, T, n]
         prev = torch.ones(b, steps, dtype=vm.dtype)
-        own = env._agent_voltages(vm.reshape(b * steps, -1))[fleet][:, agent].reshape(b, steps)
+        own = env.agent_voltages(vm.reshape(b * steps, -1))[fleet][:, agent].reshape(b, steps)
         prev[:, 1:] = own[:, :-1]
         inputs["v_prev_pu"] = flat(prev)
     states = rollout.fleets[fleet].states[:, :steps, agent]  # [B, T, S] at the start of each step

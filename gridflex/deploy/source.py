@@ -18,6 +18,7 @@ from gridflex.errors import UserError
 from gridflex.learning.policies import DeployablePolicy
 from gridflex.learning.crash_safety import read_policy
 from gridflex.learning.training import POLICY
+from gridflex.plugins.contracts import Learner
 from gridflex.scenario import LoadedScenario, read_yaml_mapping, resolve_feeder_file, validate_mapping
 
 RESOLVED = "scenario.resolved.yaml"
@@ -91,7 +92,7 @@ def load_trained_run(run_dir: Path, *, progress=None) -> TrainedRun:
     state = read_policy(run_dir / POLICY, map_location="cpu")  # before the (slower) world build
     world = build_world(loaded, registry, pm, torch.device("cpu"), progress=progress)
     learner = learner_cls(loaded.component_config("learner"), world.env, seed=_learner_seed(metrics, loaded))
-    if not hasattr(learner, "deployable_policies"):
+    if type(learner).deployable_policies is Learner.deployable_policies:  # the capability is declared
         raise UserError(f"learner {loaded.config.learner.type!r} has no neural policies to export "
                         "(only learners that expose deployable_policies(), e.g. gradmap, gradmap_e1, "
                         "ssl_penalty, ssl_pd and ippo, can be exported)")

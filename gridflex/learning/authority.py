@@ -11,7 +11,7 @@ What the bound is
 2. Two *extreme* injections, per day and step: every device of every fleet at the extreme of
    its authority (:meth:`DeviceModel.authority_demand`; energy and comfort limits relaxed,
    power and inverter ratings kept), mapped to the injection nodes exactly as
-   :meth:`Environment.rollout` does (``pv_injection_kw + sum_f demand_f @ env._fleet_maps[f]``):
+   :meth:`Environment.rollout` does (``pv_injection_kw`` plus every fleet's :meth:`Environment.node_consumption`):
    ``down`` (``direction=+1``: most drawn, then most vars absorbed: lowers voltages) and ``up``
    (``direction=-1``: most injected, then most vars injected: raises them). Household load
    and PV are those of ``no_control`` (uncontrolled).
@@ -78,14 +78,14 @@ def extreme_injections(env: Environment, rollout: Rollout, direction: int) -> tu
     with torch.no_grad():
         vm = rollout.flow.vm_pu
         for t in range(steps):
-            v_prev = ones if t == 0 else env._agent_voltages(vm[:, t - 1])
+            v_prev = ones if t == 0 else env.agent_voltages(vm[:, t - 1])
             p_t = exo.pv_injection_kw[:, t]
             q_t = torch.zeros_like(p_t)
             for f, fleet in enumerate(env.fleets):
                 inputs = env.step_inputs(exo, t, f, v_prev[f])
                 p_kw, q_kvar = fleet.model.authority_demand(rollout.fleets[f].states[:, t], inputs, direction)
-                p_t = p_t + p_kw.to(env.dtype) @ env._fleet_maps[f]
-                q_t = q_t + q_kvar.to(env.dtype) @ env._fleet_maps[f]
+                p_node, q_node = env.node_consumption(f, p_kw.to(env.dtype), q_kvar.to(env.dtype))
+                p_t, q_t = p_t + p_node, q_t + q_node
             p_steps.append(p_t)
             q_steps.append(q_t)
     return torch.stack(p_steps, 1), torch.stack(q_steps, 1)

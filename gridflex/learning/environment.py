@@ -313,7 +313,7 @@ class Environment:
                     flow = tap_controller.solve_step(exo.load_scale[:, t], p_t, q_t, warm)
                 warm = flow
                 flows.append(flow)
-                v_prev = self._agent_voltages(flow.vm_pu.detach())
+                v_prev = self.agent_voltages(flow.vm_pu.detach())
         p_all, q_all = torch.stack(p_inj, 1), torch.stack(q_inj, 1)
         taps = None
         if not step_wise:
@@ -378,8 +378,16 @@ class Environment:
                                       flat(q_kvar), flat(warm))
         return map_batch(flow, lambda x: x.reshape(b, steps, *x.shape[1:]))
 
-    def _agent_voltages(self, vm_pu: torch.Tensor) -> list[torch.Tensor]:
-        """Each agent's own node |V| [B, N] (mean over phases for three-phase devices)."""
+    def node_consumption(self, fleet_index: int, p_kw: torch.Tensor, q_kvar: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fleet ``fleet_index``'s demand ``[B, N]`` (kW, kvar) as consumption at the injection
+        nodes ``[B, n_inj]`` (a three-phase device's demand spread evenly over its phases)."""
+        fleet_map = self._fleet_maps[fleet_index]
+        return p_kw @ fleet_map, q_kvar @ fleet_map
+
+    def agent_voltages(self, vm_pu: torch.Tensor) -> list[torch.Tensor]:
+        """Each agent's own node |V| [B, N] per fleet (mean over phases for three-phase devices),
+        from node magnitudes ``vm_pu [B, n]``."""
         vm_inj = vm_pu[:, self._injection_index]  # [B, n_inj]
         return [vm_inj @ fleet_map.T for fleet_map in self._fleet_maps]
 

@@ -126,17 +126,18 @@ class GridflexParallelEnv(ParallelEnv):
                     residuals=model.residuals(state, action, nxt, inputs)[:, None],
                     terminal=terminal if last else torch.zeros_like(terminal),
                     p_kw=p_kw[:, None], q_kvar=q_kvar[:, None]))
-                p_t = p_t + p_kw @ env._fleet_maps[f]
-                q_t = q_t + q_kvar @ env._fleet_maps[f]
+                p_node, q_node = env.node_consumption(f, p_kw, q_kvar)
+                p_t, q_t = p_t + p_node, q_t + q_node
                 self._states[f] = nxt
                 for name, a in zip(self._by_fleet[f], action[0].cpu().numpy()):
                     set_points[name] = a
             if self._taps is None:
                 flow = env.solver.solve(exo.load_scale[:, t], p_t, q_t, warm_start=self._warm)
+                env.counters.count_solves(exo.batch)  # counted like the batched environment's
             else:
                 flow = self._taps.solve_step(exo.load_scale[:, t], p_t, q_t, self._warm)
             self._warm = flow
-            self._v_prev = env._agent_voltages(flow.vm_pu.detach())
+            self._v_prev = env.agent_voltages(flow.vm_pu.detach())
             one_step = Rollout(_step_of(exo, t), trajectories, p_t[:, None], q_t[:, None],
                                combine_results([flow], "stack"))
             shaped = shaped_rewards(env, one_step, self._maps, self.weights, self.v_limits_train_pu,

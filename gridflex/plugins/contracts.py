@@ -411,6 +411,12 @@ class Learner(Component, abc.ABC):
         """What the learner wants recorded beside its metrics (JSON-ready); default: nothing."""
         return {}
 
+    def deployable_policies(self) -> list | None:
+        """The agents' own networks for ``gridflex export``: one
+        :class:`~gridflex.learning.policies.DeployablePolicy` per fleet (weights, observation
+        normalisation, the squashing into ``[0, 1]``); ``None`` (default): nothing to export."""
+        return None
+
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:
         """The learner's tunable ``params`` for one Optuna trial (``gridflex tune``).

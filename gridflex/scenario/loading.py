@@ -18,7 +18,7 @@ from gridflex.plugins.registry import blocked_note
 from gridflex.scenario.problems import Problem, ScenarioError, problems_from_validation_error, short_repr, with_article, yaml_path
 from gridflex.scenario.schema import Scenario, cross_field_problems, default_evaluation_solver
 from gridflex.shipped import (BUILTIN_FEEDERS, builtin_feeder_names, builtin_feeder_path, default_scenario_path,
-                              is_builtin_feeder, shipped_scenarios, shipped_scenarios_dir)
+                              is_builtin_feeder)
 
 # --------------------------------------------------------------------------------------------
 # Loading

@@ -242,9 +242,15 @@ class LearnerContract:
         the configured budget within :attr:`max_train_seconds`, returns its result, moves the
         policy (unless :attr:`expect_policy_change` is False), and the trained ``act`` still
         passes the output and decentralisation checks."""
-        if not self.learner_class.trains:
-            pytest.skip(f"{self.learner_class.__name__} does not train (trains = False)")
         from gridflex.learning.training import Trainer, TrainingResult
+
+        if not self.learner_class.trains:  # the declaration holds: run() never calls train()
+            learner = self.make_learner(world)
+            assert type(learner).train is Learner.train, (
+                f"{self.learner_class.__name__} implements train() but declares trains = False")
+            with pytest.raises(NotImplementedError):
+                learner.train(Trainer(world, progress=False, seed=self.seed))
+            return
 
         learner = self.make_learner(world)
         before, _ = record_days(world, learner)

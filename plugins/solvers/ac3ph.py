@@ -24,11 +24,14 @@ from gridflex.network.powerflow.taps import RegulatorTable, build_tap_bank
 _DEFAULT_TOL = {torch.float64: (1e-8, 1e-8), torch.float32: (1e-6, 1e-5)}
 
 #: ``method: auto`` takes the sparse LU on CPU above this many nodes (docs/benchmarks.md, issue
-#: 19: the dense inverse's O(n^3) set-up and O(n^2) memory lose to the LU well before IEEE 8500;
-#: the shipped IEEE 13/34/123, at most 278 nodes, stay dense)
-SPARSE_MIN_NODES = 1500
+#: 19). On IEEE 8500 (8,531 nodes) the dense inverse costs ~4 minutes and ~6 GB of set-up against
+#: ~0.5 s, and its batched snapshots are slower too; on EPRI ckt5 (3,437 nodes) the dense set-up
+#: is a few seconds and its source power agrees with OpenDSS to 3e-7 relative, the sparse path's
+#: to 3e-6 (the stiff source amplifies the LU's last digits there), so up to 5,000 nodes stay
+#: dense. The shipped IEEE 13/34/123 (at most 278 nodes) are dense and bit-identical.
+SPARSE_MIN_NODES = 5000
 #: row chunk of the sparse path on CPU (its right-hand sides are [n, rows] complex buffers)
-SPARSE_CHUNK_ROWS = 16
+SPARSE_CHUNK_ROWS = 32
 
 
 class AC3PhSolver(NetworkSolver):
@@ -45,8 +48,8 @@ class AC3PhSolver(NetworkSolver):
         vlimits_rule: bool = Field(False, description="OpenDSS Vminpu/Vmaxpu rule: loads outside their limits become impedances (a gradient kink)")
         adjoint_tol: float | None = Field(None, gt=0, description="adjoint convergence tolerance, relative to the upstream gradient's max; None: 1e-8 in float64, 1e-5 in float32")
         adjoint_max_iter: int = Field(200, ge=1, description="iteration cap of the adjoint fixed point")
-        chunk_rows: int | None = Field(None, ge=1, description="solve in row chunks of this size; None = 2048 on CPU (cache-sized; 16 with the sparse method), unchunked on GPU")
-        method: Literal["auto", "dense", "sparse"] = Field("auto", description="Z-bus products: dense (the n x n inverse, fastest on small feeders and GPUs), sparse (one sparse LU of Y, triangular solves per iteration, CPU; for large feeders), auto: sparse on CPU above 1500 nodes, else dense. Per-sample regulator taps (enable_taps) run dense: sparse falls back with a warning")
+        chunk_rows: int | None = Field(None, ge=1, description="solve in row chunks of this size; None = 2048 on CPU (cache-sized; 32 with the sparse method), unchunked on GPU")
+        method: Literal["auto", "dense", "sparse"] = Field("auto", description="Z-bus products: dense (the n x n inverse, fastest on small feeders and GPUs), sparse (one sparse LU of Y, triangular solves per iteration, CPU; for large feeders), auto: sparse on CPU above 5000 nodes, else dense. Per-sample regulator taps (enable_taps) run dense: sparse falls back with a warning")
 
         @model_validator(mode="before")
         @classmethod
@@ -135,7 +138,20 @@ class AC3PhSolver(NetworkSolver):
         """Let :meth:`solve` take per-sample regulator ``taps``: ``tables`` hold each regulator's
         primitive at every position, ``base_taps`` the positions of this solver's grid. Every
         tap state is then a rank-k update of this one network (Woodbury; see
-        :mod:`gridflex.network.powerflow.zbus`), so samples at different taps share one batched solve."""
+        :mod:`gridflex.network.powerflow.zbus`), so samples at different taps share one batched solve.
+
+        The tap bank is dense (Woodbury on Z): a solver on the sparse method rebuilds its network
+        dense here, with a warning (the dense inverse's memory and set-up)."""
+        if self.network.sparse_z is not None:
+            warnings.warn(f"ac3ph: per-sample regulator taps need the dense Z-bus; {self.grid.name!r} "
+                          f"({self.grid.n_nodes} nodes) falls back from method 'sparse' to 'dense'",
+                          UserWarning, stacklevel=2)
+            self.method = "dense"
+            self.network = build_network(self.grid, self._injection_nodes,
+                                         vlimits_rule=self.config.vlimits_rule, dtype=self.dtype,
+                                         device=self.device, method="dense")
+            if self.config.chunk_rows is None:
+                self.options.chunk_rows = self._default_chunk_rows()
         build_tap_bank(self.network, self.grid, tables, base_taps)
 
     @property

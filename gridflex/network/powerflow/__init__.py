@@ -5,7 +5,8 @@
 * :mod:`~gridflex.network.powerflow.implicit`: the ``torch.autograd.Function`` adapter;
 * :mod:`~gridflex.network.powerflow.result`: :class:`PowerFlowResult` and :func:`solve_power_flow`;
 * :mod:`~gridflex.network.powerflow.taps`: per-sample regulator taps as a low-rank update of one network;
-* :mod:`~gridflex.network.powerflow.precision`: extended-precision residual steps for stiff admittances.
+* :mod:`~gridflex.network.powerflow.precision`: extended-precision residual steps for stiff admittances;
+* :mod:`~gridflex.network.powerflow.sparse`: Z products by one sparse LU of Y (large feeders, ``method="sparse"``).
 
 The ``ac3ph`` solver plugin (``gridflex_plugins.solvers.ac3ph``) wraps these for scenarios.
 """

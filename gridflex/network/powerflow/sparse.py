@@ -15,10 +15,19 @@ inverse is never formed: memory is O(nnz(L + U)) instead of O(n^2), set-up is on
 (milliseconds on radial feeders) instead of an O(n^3) inverse. Solves run in complex128 on the
 CPU whatever the network's dtype and device (tensors are moved there and back).
 
+Y is equilibrated before the factorisation (``S Y S`` with ``S = |diag Y|^-1/2``): the stiff
+source (~6e6 pu) and regulators otherwise leave ~1e-11 pu of rounding *noise* in every product
+(the map is then not reproducible below ~1e-11, and tolerances like 1e-11 never converge);
+equilibrated, the noise is ~1e-16 and the products' error ~7e-11 pu against a long-double-refined
+inverse (the dense inverse's: ~4e-11). One float64 refinement step per product was tried and made
+it worse (the residual of a stiff system is itself rounding-dominated).
+
 The no-load voltage is computed without the Vsource's Norton current (~1e6 pu on feeders with a
-stiff source): ``w = e_hat - Z (Y_net e_hat)``, exact since ``Z (Y_net + Y_src) = I``, then one
-residual correction in the same split form (no source-sized terms), as
-:func:`gridflex.network.powerflow.precision.precise_no_load_voltage` does for the dense path.
+stiff source): ``w = e_hat - Z (Y_net e_hat)``, exact since ``Z (Y_net + Y_src) = I``, then
+``REFINE_STEPS`` residual corrections in the same split form accumulated in long double, as
+:func:`gridflex.network.powerflow.precision.precise_no_load_voltage` does for the dense path
+(IEEE 13/123: ~1e-9 pu from the refined dense value, the dense default's ~3e-9; EPRI ckt5:
+2.4e-7 pu, where the dense default is at 2.7e-8 -- why ``method: auto`` keeps such feeders dense).
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ from scipy.sparse.linalg import splu
 #: column ordering of the LU: minimum degree on Y + Y^T suits the (structurally symmetric)
 #: admittance of a feeder; fill is near zero on radial ones
 PERMC_SPEC = "MMD_AT_PLUS_A"
+#: long-double residual corrections of the no-load voltage
+REFINE_STEPS = 2
 
 
 class SparseZ:
@@ -119,7 +130,7 @@ class SparseZ:
             return out
 
         w = e_hat - self.solve(y_net(e_hat).astype(complex)[:, None])[:, 0]
-        for _ in range(2):  # residual Y_src e_hat - Y w = Y_src (e_hat - w) - Y_net w, long double
+        for _ in range(REFINE_STEPS):  # residual Y_src e_hat - Y w = Y_src (e_hat - w) - Y_net w, long double
             residual = -y_net(w)
             residual[src] += y_src_pu.astype(wide) @ (e_hat[src] - w[src]).astype(wide)
             w = w + self.solve(residual.astype(complex)[:, None])[:, 0]

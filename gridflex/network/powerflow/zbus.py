@@ -111,6 +111,10 @@ class ZBusNetwork:
     #: sparse LU of Y (``method="sparse"``): the Z products go through it and z_ii_t, z_ii_conj,
     #: z_ni_t are empty [0, 0]; None: the dense Z-bus above
     sparse_z: SparseZ | None = None
+    #: m_coef transposed as a sparse COO tensor (sparse method only: each load touches one or two
+    #: nodes, and on large feeders the dense [n_loads, 2 (n_I + ...)] product costs more than a
+    #: fixed-point iteration); None: the dense m_coef product
+    m_coef_t_sparse: torch.Tensor | None = None
 
     @property
     def n_iter(self) -> int:
@@ -262,6 +266,8 @@ def build_network(
         ],
         branch_perm=long(perm),
         sparse_z=sparse_z,
+        m_coef_t_sparse=None if sparse_z is None else real(
+            np.stack([coef.real, coef.imag], axis=-1).reshape(coef.shape[0], -1).T.copy()).to_sparse(),
     )
 
 
@@ -380,7 +386,11 @@ def injection_coefficients(
         coef = net.coef_nominal.expand(batch, -1)
         p_g, q_g = net.g_p_pu.expand(batch, -1), net.g_q_pu.expand(batch, -1)
     else:
-        coef = torch.view_as_complex((load_scale @ net.m_coef).view(batch, -1, 2))
+        if net.m_coef_t_sparse is None:
+            coef = torch.view_as_complex((load_scale @ net.m_coef).view(batch, -1, 2))
+        else:
+            flat = torch.sparse.mm(net.m_coef_t_sparse, load_scale.T).T.contiguous()
+            coef = torch.view_as_complex(flat.view(batch, -1, 2))
         scale_g = load_scale[:, net.g_load]
         p_g, q_g = scale_g * net.g_p_pu, scale_g * net.g_q_pu
     n_i, n_z = net.n_iter, net.z_cols.numel()
