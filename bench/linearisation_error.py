@@ -38,16 +38,11 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=None, help="validation days (default: the scenario's)")
     args = parser.parse_args()
 
-    from gridflex.plugins.registry import load_registry
-    from gridflex.scenario import load_scenario
+    from _world import scenario_world
     from gridflex.learning.training import validation_days_exogenous
-    from gridflex.runs.world import build_world
     from gridflex_plugins.solvers.linear3ph import Linear3PhSolver
 
-    pm, registry = load_registry()
-    overrides = [] if args.days is None else [f"data.n_validation_days={args.days}"]
-    loaded = load_scenario(args.scenario, overrides, registry)
-    world = build_world(loaded, registry, pm)
+    registry, loaded, world = scenario_world(args.scenario, args.days)
     env = world.env
     t0 = time.perf_counter()
     lin = Linear3PhSolver(env.grid, {"point": "base", "point_load_mult": 1.0}, injection_nodes=env.injection_nodes)

@@ -44,3 +44,34 @@ def world_from_text(directory: Path, text: str, name: str = "tiny", overrides=()
     path.write_text(text)
     pm, registry = load_registry()
     return path, pm, registry, build_world(load_scenario(path, list(overrides), registry), registry, pm)
+
+
+#: Keys of metrics.json / history.csv that are clock readings (differ between equal runs).
+TIMING = {"train_seconds", "validation_eval_seconds", "time_to_target_s", "wall_s", "eval_wall_s",
+          "env_s", "fit_s"}
+
+
+def without_timing(value):
+    """``value`` (nested dicts and lists) without its :data:`TIMING` keys."""
+    if isinstance(value, dict):
+        return {k: without_timing(v) for k, v in value.items() if k not in TIMING}
+    if isinstance(value, list):
+        return [without_timing(v) for v in value]
+    return value
+
+
+def tiny_gradmap_scenario(name: str, budget_iterations: int) -> str:
+    """A seconds-long GradMAP scenario on IEEE 13 (4 batteries, 1 validation and 1 test day)."""
+    return f"""
+name: {name}
+feeder: {{file: ieee13, taps: file}}
+solver: {{type: ac3ph, params: {{tol_pu: 1.0e-10}}}}
+population: {{households_per_kw: 0.05, pv_share: 0.4}}
+devices:
+  - {{type: battery, count: 4, params: {{reactive_power: true}}}}
+learner: {{type: gradmap, params: {{days_per_batch: 2, hidden_sizes: [8], warm_start_epochs: 1,
+          budget_iterations: {budget_iterations}, validation_interval_iterations: 1, budget_seconds: null}}}}
+data: {{n_validation_days: 1, n_test_days: 1}}
+environment: {{regulated_evaluation: false}}
+target: {{max_violation_rate: 0.5}}
+"""

@@ -14,19 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-TINY = """
-name: tiny13runs
-feeder: {file: ieee13, taps: file}
-solver: {type: ac3ph, params: {tol_pu: 1.0e-10}}
-population: {households_per_kw: 0.05, pv_share: 0.4}
-devices:
-  - {type: battery, count: 4, params: {reactive_power: true}}
-learner: {type: gradmap, params: {days_per_batch: 2, hidden_sizes: [8], warm_start_epochs: 1,
-          budget_iterations: 1, validation_interval_iterations: 1, budget_seconds: null}}
-data: {n_validation_days: 1, n_test_days: 1}
-environment: {regulated_evaluation: false}
-target: {max_violation_rate: 0.5}
-"""
+from conftest import tiny_gradmap_scenario
+
+TINY = tiny_gradmap_scenario("tiny13runs", budget_iterations=1)
 
 
 @pytest.fixture(scope="module")

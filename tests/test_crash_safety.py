@@ -17,25 +17,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TIMING, without_timing
+
 # the default scenario (ieee13_small, 160 agents), with a short iteration budget and no
 # reference controllers
 SHORT = ["-o", "learner.params.budget_iterations=12", "-o", "learner.params.validation_interval_iterations=4",
          "--no-references"]
-TIMING = {"train_seconds", "validation_eval_seconds", "time_to_target_s", "wall_s", "eval_wall_s",
-          "env_s", "fit_s"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def gridflex(*argv: str) -> list[str]:
     return [sys.executable, "-m", "gridflex", *argv]
 
-
-def without_timing(value):
-    if isinstance(value, dict):
-        return {k: without_timing(v) for k, v in value.items() if k not in TIMING}
-    if isinstance(value, list):
-        return [without_timing(v) for v in value]
-    return value
 
 
 def history_iterations(out: Path) -> list[int]:

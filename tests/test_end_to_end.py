@@ -19,21 +19,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import world_from_text
+from conftest import world_from_text, tiny_gradmap_scenario
 
-TINY = """
-name: tiny13e2e
-feeder: {file: ieee13, taps: file}
-solver: {type: ac3ph, params: {tol_pu: 1.0e-10}}
-population: {households_per_kw: 0.05, pv_share: 0.4}
-devices:
-  - {type: battery, count: 4, params: {reactive_power: true}}
-learner: {type: gradmap, params: {days_per_batch: 2, hidden_sizes: [8], warm_start_epochs: 1,
-          budget_iterations: 2, validation_interval_iterations: 1, budget_seconds: null}}
-data: {n_validation_days: 1, n_test_days: 1}
-environment: {regulated_evaluation: false}
-target: {max_violation_rate: 0.5}
-"""
+TINY = tiny_gradmap_scenario("tiny13e2e", budget_iterations=2)
 COMMON_FEATURES = 6  # gridflex.learning.environment.COMMON_FEATURES; |V| comes right after them
 
 

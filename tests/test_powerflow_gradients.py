@@ -48,8 +48,11 @@ def grid123():
 IEEE13_INJECTIONS = ["675.1", "675.2", "652.1", "611.3", "692.3", "646.2", "633.1", "680.2"]
 
 
-def test_gradcheck_voltages_and_currents_ieee13(grid13):
-    net = build_network(grid13, IEEE13_INJECTIONS)
+@pytest.mark.parametrize("method", ["dense", "sparse"])
+def test_gradcheck_voltages_and_currents_ieee13(grid13, method):
+    """Implicit gradients of voltages, a line current and the source power, on the dense Z-bus and
+    on the sparse LU path (``method``, forced here; ``auto`` keeps IEEE 13 dense)."""
+    net = build_network(grid13, IEEE13_INJECTIONS, method=method)
     monitored = torch.tensor([grid13.node_index(n) for n in ("675.1", "611.3", "646.2", "692.3", "634.1")])
     line = net.branch_slices["line.684611"]
 

@@ -5,22 +5,14 @@ from __future__ import annotations
 
 import json
 
+from conftest import without_timing
+
 # the default scenario at reduced size, with a budget in iterations (as the shipped default has)
 SMALL = ["devices[0].count=4", "devices[1].count=4", "devices[2].count=4",
          "data.n_validation_days=2", "data.n_test_days=1",
          "learner.params.budget_iterations=2", "learner.params.budget_seconds=null",
          "learner.params.validation_interval_iterations=1", "learner.params.hidden_sizes=[8]",
          "learner.params.warm_start_epochs=2"]
-TIMING = {"train_seconds", "validation_eval_seconds", "time_to_target_s", "wall_s", "eval_wall_s",
-          "env_s", "fit_s"}
-
-
-def without_timing(value):
-    if isinstance(value, dict):
-        return {k: without_timing(v) for k, v in value.items() if k not in TIMING}
-    if isinstance(value, list):
-        return [without_timing(v) for v in value]
-    return value
 
 
 def test_same_seed_same_metrics(cli, tmp_path):
