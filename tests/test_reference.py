@@ -90,6 +90,14 @@ def test_targets_writes_the_sidecar(tmp_path, cli):
     target = read_target(loaded)
     assert target.c_ref == doc["c_ref"] and target.max_cost_per_day is not None
 
+    # the same command again: an up-to-date sidecar is a result, never overwritten silently
+    before = (tmp_path / "ieee13_small.targets.json").read_bytes()
+    code, out, err = cli("targets", str(scenario), *overrides)
+    assert code == 2 and "--force" in err and "already holds" in err
+    assert (tmp_path / "ieee13_small.targets.json").read_bytes() == before
+    code, out, err = cli("targets", str(scenario), *overrides, "--no-reference")
+    assert code == 2 and (tmp_path / "ieee13_small.targets.json").read_bytes() == before
+
 
 def test_run_with_the_reference_writes_its_days(tmp_path, cli):
     """`gridflex run` with learner.type=reference: metrics.json as any learner, plus the planner's

@@ -339,6 +339,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
     pm, registry = load_registry()
     loaded = load_scenario(args.scenario, overrides, registry)
     check_device(loaded.config.device, "the scenario's device")
+    _refuse_up_to_date_sidecar(loaded, args)
     command = " ".join(["gridflex", "targets", str(args.scenario)] + [f"-o {o}" for o in args.override]
                        + (["--no-reference"] if args.no_reference else [])
                        + ([f"--device {args.device}"] if args.device is not None else []))
@@ -346,6 +347,25 @@ def cmd_targets(args: argparse.Namespace) -> int:
     print(f"wrote {doc['path']}: c_ref={doc['c_ref']}, c_no_control={doc['c_no_control']:.2f} "
           f"(sha256 {doc['scenario_sha256'][:12]})")
     return EXIT_OK
+
+
+def _refuse_up_to_date_sidecar(loaded, args: argparse.Namespace) -> None:
+    """An up-to-date sidecar (same key; C_ref present unless --no-reference) is a committed result:
+    recomputing it takes minutes to hours and could only replace it, so it needs --force."""
+    from gridflex.learning.targets import sidecar_path, targets_key
+
+    path = sidecar_path(loaded)
+    try:
+        existing = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    complete = existing.get("c_ref") is not None or args.no_reference
+    if (not args.force and isinstance(existing, dict) and complete
+            and existing.get("scenario_sha256") == targets_key(loaded)):
+        raise UserError(f"{path} already holds this scenario's targets (c_ref={existing.get('c_ref')}, "
+                        f"c_no_control={existing.get('c_no_control')}, computed "
+                        f"{existing.get('computed', existing.get('created', '?'))}); gridflex never "
+                        "overwrites an up-to-date result silently: add --force to recompute it")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     targets.add_argument("scenario", help="scenario YAML")
     _add_overrides(targets)
+    targets.add_argument("--force", action="store_true",
+                         help="recompute even when the sidecar already holds this scenario's costs "
+                         "(without it, an up-to-date sidecar is never overwritten)")
     targets.add_argument("--no-reference", action="store_true", help="only C_no_control (c_ref: null)")
     targets.add_argument("--device", help=DEVICE_HELP)
 
