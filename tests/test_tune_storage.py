@@ -3,8 +3,7 @@ and on the embedded journal file.
 
 CI (.ci/run) starts PostgreSQL through .ci/postgres.sh and exports GRIDFLEX_TEST_PG_*; elsewhere the
 test extra's pgserver binaries start a throwaway server (tests/pg_server.py). Without a
-reachable server these tests FAIL (a missing feature must not hide behind a skip) unless
-GRIDFLEX_SKIP_POSTGRES=1 says that skipping is intended (a developer machine without it).
+reachable server these tests FAIL: a missing feature never hides behind a skip.
 
 One test per backend: two workers share a study with a cap of 5 finished trials; worker A is
 killed with SIGKILL in the middle of a trial; worker B fails it as stale (PostgreSQL: its
@@ -39,12 +38,10 @@ def _pg_params() -> dict | None:
 @pytest.fixture(scope="module")
 def pg():
     """The database's connection parts: CI's server (GRIDFLEX_TEST_PG_*), else a throwaway server
-    from the test extra's pgserver binaries (tests/pg_server.py); fail (or skip when
-    GRIDFLEX_SKIP_POSTGRES=1) when neither is reachable."""
-    skip = os.environ.get("GRIDFLEX_SKIP_POSTGRES") == "1"
+    from the test extra's pgserver binaries (tests/pg_server.py); fail when neither is reachable."""
     params = _pg_params()
     why, stop = None, None
-    if params is None and not skip:
+    if params is None:
         import tempfile
 
         import pg_server
@@ -53,9 +50,7 @@ def pg():
             params, stop = pg_server.start(Path(tempfile.mkdtemp(prefix="gfpg")))
         except Exception as exc:  # noqa: BLE001 - reported below, with the way out
             why = f"GRIDFLEX_TEST_PG_* are not set and no throwaway server started ({type(exc).__name__}: {exc})"
-    if params is None and why is None:
-        why = "the GRIDFLEX_TEST_PG_* variables are not set"
-    elif params is not None:
+    if params is not None:
         import psycopg
 
         try:
@@ -66,9 +61,8 @@ def pg():
     if why is not None:
         message = (f"PostgreSQL is needed for the shared-study tests and is not reachable: {why}. Start it "
                    "with `source .ci/postgres.sh` (installs and starts PostgreSQL, exports "
-                   "GRIDFLEX_TEST_PG_*), or set GRIDFLEX_SKIP_POSTGRES=1 to skip these tests on purpose")
-        if skip:
-            pytest.skip(message)
+                   "GRIDFLEX_TEST_PG_*), or install the test extra (its pgserver wheel starts a "
+                   "throwaway server)")
         pytest.fail(message)
     yield params
     if stop is not None:

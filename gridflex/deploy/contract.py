@@ -176,6 +176,14 @@ def write_contract(out_dir: Path, contract: dict) -> Path:
     return path
 
 
+def read_json(path: Path, remedy: str):
+    """The JSON document at ``path``; an unreadable one is a :class:`UserError` ending in ``remedy``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not readable JSON ({exc.__class__.__name__}); {remedy}") from None
+
+
 def read_contract(export_dir: Path) -> dict:
     """The contract of an export folder; anything that is not one is a :class:`UserError`."""
     export_dir = Path(export_dir)
@@ -186,10 +194,7 @@ def read_contract(export_dir: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{export_dir} holds no {CONTRACT}, so it is not a gridflex export folder; "
                         "create one with `gridflex export RUN_DIR --out DIR`")
-    try:
-        contract = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not readable JSON ({exc.__class__.__name__}); export the run again") from None
+    contract = read_json(path, "export the run again")
     if not isinstance(contract, dict) or contract.get("format") != CONTRACT_FORMAT \
             or contract.get("export_format") not in FORMATS:
         raise UserError(f"{path} is not a {CONTRACT_FORMAT} contract with export_format onnx or npz; "

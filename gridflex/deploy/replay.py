@@ -19,7 +19,6 @@ The metrics are printed beside the run's own ``metrics.json`` (copied into the e
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from gridflex.deploy.agent_graph import state_names
-from gridflex.deploy.contract import RUN_METRICS, read_contract
+from gridflex.deploy.contract import RUN_METRICS, read_contract, read_json
 from gridflex.errors import GridflexError, UserError
 
 #: differences up to this (absolute, or relative to the run's value) count as equal
@@ -171,11 +170,7 @@ def deploy_sim(export_dir: Path, *, progress=None) -> DeploySimResult:
         from gridflex.deploy.export import need_onnx
 
         need_onnx()
-    try:
-        run_metrics = json.loads((export_dir / RUN_METRICS).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{export_dir / RUN_METRICS} is not readable JSON ({exc.__class__.__name__}); "
-                        "export the run again") from None
+    run_metrics = read_json(export_dir / RUN_METRICS, "export the run again")
     pm, registry = load_registry()
     loaded = load_run_scenario(export_dir, registry)
     if loaded.sha256() != contract["scenario_sha256"]:

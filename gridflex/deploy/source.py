@@ -7,13 +7,13 @@ builds the learner and loads ``policy.pt`` with ``torch.load(..., weights_only=T
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gridflex.deploy.contract import read_json
 from gridflex.errors import UserError
 from gridflex.learning.policies import DeployablePolicy
 from gridflex.learning.crash_safety import read_policy
@@ -74,11 +74,7 @@ def load_trained_run(run_dir: Path, *, progress=None) -> TrainedRun:
                         f"{', '.join(missing)}; export needs scenario.resolved.yaml, policy.pt and "
                         "metrics.json (written when `gridflex run` ends; an interrupted run can be "
                         "finished with --resume)")
-    try:
-        metrics = json.loads((run_dir / METRICS).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{run_dir / METRICS} is not readable JSON ({exc.__class__.__name__}); "
-                        "re-run or --resume the run to rewrite it") from None
+    metrics = read_json(run_dir / METRICS, "re-run or --resume the run to rewrite it")
     pm, registry = load_registry()
     loaded = load_run_scenario(run_dir, registry)
     if loaded.config.learner is None:
