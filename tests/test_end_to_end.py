@@ -218,6 +218,48 @@ def test_compare_two_learners_two_seeds(cli, tmp_path):
         assert any(not torch.equal(policies[0][k], policies[1][k]) for k in policies[0])
 
 
+def test_compare_jobs_match_one_process_and_reuse(cli, tmp_path):
+    """--jobs 2 (spawned workers, one core each) gives the runs of --jobs 1, in the same order;
+    --reuse takes a finished non-training run and refuses a learner that trains."""
+    scenario = scenario_file(tmp_path)
+    fast = ["-o", "learner.params.budget_iterations=2", "-o", "learner.params.days_per_batch=2",
+            "-o", "learner.params.hidden_sizes=[8]", "-o", "learner.params.budget_seconds=null",
+            "-o", "learner.params.validation_interval_iterations=1"]
+    docs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        run_ok(cli, "compare", str(scenario), "--learners", "ssl_penalty,no_control", "--seeds", "0-1",
+               "--jobs", str(jobs), "--out", str(out), *fast)
+        docs[jobs] = json.loads((out / "comparison.json").read_text())
+    assert docs[2]["jobs"] == 2
+    for name in ("ssl_penalty", "no_control"):
+        one, two = docs[1]["learners"][name]["runs"], docs[2]["learners"][name]["runs"]
+        assert [r["seeds"] for r in one] == [r["seeds"] for r in two]
+        for a, b in zip(one, two):
+            for key in ("cost_per_day", "voltage_violation_rate", "line_overload_rate"):
+                assert b["test"][key] == pytest.approx(a["test"][key], rel=1e-9, abs=1e-12), (name, key)
+            assert (a["power_flow_solves"], a["env_gradient_evaluations"]) == (
+                b["power_flow_solves"], b["env_gradient_evaluations"])
+    for seed in (0, 1):
+        one = torch.load(tmp_path / "jobs1" / "ssl_penalty" / f"seed{seed}" / "policy.pt", weights_only=True)
+        two = torch.load(tmp_path / "jobs2" / "ssl_penalty" / f"seed{seed}" / "policy.pt", weights_only=True)
+        for key, value in one["learner"]["policies"].items():
+            assert torch.allclose(value, two["learner"]["policies"][key], rtol=1e-9, atol=1e-12), key
+    # reuse: no_control's finished run stands in for running it again
+    finished = tmp_path / "jobs1" / "no_control" / "seed0" / "metrics.json"
+    out = tmp_path / "reused"
+    run_ok(cli, "compare", str(scenario), "--learners", "no_control", "--seeds", "0", "--out", str(out),
+           "--reuse", f"no_control={finished}")
+    entry = json.loads((out / "comparison.json").read_text())["learners"]["no_control"]
+    assert entry["runs"][0]["reused_from"] == str(finished)
+    assert entry["runs"][0]["test"] == docs[1]["learners"]["no_control"]["runs"][0]["test"]
+    assert not (out / "no_control").exists()  # nothing was run
+    trained = tmp_path / "jobs1" / "ssl_penalty" / "seed0" / "metrics.json"
+    code, _, err = cli("compare", str(scenario), "--learners", "ssl_penalty", "--out", str(tmp_path / "bad"),
+                       "--reuse", f"ssl_penalty={trained}")
+    assert code == 2 and "only controllers that do not train can be reused" in err and "Traceback" not in err
+
+
 # ------------------------------------------------------------------ gridflex schema
 
 # JSON Schema (draft 2020-12) keywords a pydantic schema may use; anything else is not JSON Schema

@@ -282,3 +282,27 @@ def test_gradmap_feasibility_network_term_smoke(setup, tmp_path):
     fresh = make_learner(setup, network_term="feasibility_distance")
     fresh.load_state_dict(state["learner"])
     assert torch.equal(fresh.duals.feasibility, learner.duals.feasibility)
+
+
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_training_clock_reads_wall_or_cpu_time(setup, tmp_path, clock):
+    """``training_clock: cpu`` counts the process's CPU time: an iteration that waits (another
+    process on the core, here a sleep) does not advance it; ``wall`` does."""
+    import time
+
+    learner = make_learner(setup, budget_iterations=2, validation_interval_iterations=1, training_clock=clock)
+    inner = learner.train_iteration
+
+    def waiting_iteration(trainer):
+        time.sleep(0.4)
+        return inner(trainer)
+
+    learner.train_iteration = waiting_iteration
+    result = Trainer(setup[4], out_dir=tmp_path, progress=False).fit(learner)
+    waited_s = 0.8
+    if clock == "wall":
+        assert result.train_seconds >= waited_s
+    else:
+        assert result.train_seconds < waited_s - 0.2
+    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
+    assert float(rows[-1]["wall_s"]) == pytest.approx(result.train_seconds, abs=1e-3)  # 4 decimals

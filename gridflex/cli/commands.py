@@ -297,10 +297,37 @@ def cmd_compare(args: argparse.Namespace) -> int:
     world_overrides = [o for o in overrides if not o.startswith(LEARNER_PARAMS)]
     check_device(load_scenario(args.scenario, world_overrides, registry).config.device,
                  "the scenario's device")
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: give at least 1 worker process")
+    reuse: dict[str, Path] = {}
+    for item in args.reuse:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise UserError(f"--reuse {item!r}: expected NAME=METRICS_JSON, e.g. reference=runs/ref/metrics.json")
+        if name.strip() not in learners:
+            raise UserError(f"--reuse {item!r}: {name.strip()!r} is not in --learners ({', '.join(learners)})")
+        reuse[name.strip()] = Path(path.strip())
     result = compare(args.scenario, learners, parse_seeds(args.seeds), args.out,
-                     overrides=overrides, registry=registry, pm=pm, learner_params=own)
+                     overrides=overrides, registry=registry, pm=pm, learner_params=own, jobs=args.jobs,
+                     reuse=reuse)
     print(comparison_table(result))
     print(f"\nwrote {args.out}/comparison.json")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gridflex.report import build_report
+
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
+    elif len(args.folders) == 1 and args.folders[0].is_dir():
+        check_output_dir(args.folders[0] / "report", "the report folder")
+    report = build_report(args.folders, args.out, args.day)
+    out = args.out if args.out is not None else args.folders[0] / "report"
+    for section in report["sections"]:
+        print(f"{section['scenario']} ({section['kind']}, {section['source']}): "
+              + ", ".join(f"{n} x{l['n_runs']}" for n, l in section["learners"].items()))
+    print(f"wrote {out}/report.html, report.md, report.json and {sum(len(s['figures']) for s in report['sections'])} PNGs")
     return EXIT_OK
 
 
@@ -419,6 +446,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         budget=Budget(seconds=seconds, iterations=args.budget_iterations), seeds=parse_seeds(args.seeds),
         storage=args.storage, study=args.study, jobs=args.jobs, overrides=list(args.override),
         multi_objective=args.multi_objective, pruner=args.pruner, sampler_seed=args.sampler_seed,
+        startup_trials=args.startup_trials,
         heartbeat_s=args.heartbeat_s, password_file=args.db_password_file, out=args.out,
         worker_index=args.worker_index, summary=not args.no_summary)
     pm, registry = load_registry()

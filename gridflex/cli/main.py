@@ -93,7 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--params", type=Path, action="append", default=[], metavar="TUNED_YAML",
                          help="learner params overlay for the learner it names (repeatable, one per "
                          "learner; e.g. gridflex tune's tuned.yaml); -o learner.params.* still applies on top")
+    compare.add_argument("--jobs", type=int, default=1,
+                         help="run the (learner, seed) runs in this many worker processes, each pinned to "
+                         "one CPU core with one thread (default 1: in this process)")
+    compare.add_argument("--reuse", action="append", default=[], metavar="NAME=METRICS_JSON",
+                         help="take a finished run of a controller that does not train (e.g. "
+                         "reference=runs/x/metrics.json) instead of running it again; same scenario and "
+                         "test days (repeatable)")
     _add_overrides(compare)
+
+    report = sub.add_parser(
+        "report",
+        help="one self-contained HTML page (plus Markdown, JSON, PNGs) from comparison or run folders",
+        description="Summarise comparison folders (gridflex compare) and run folders (gridflex run): "
+        "interquartile means over seeds with 95 %% stratified-bootstrap intervals (rliable; the "
+        "report extra), censored times to target as lower bounds, probability of improvement of "
+        "gradmap over each other learner, speed-up ratios, performance profiles, learning curves, "
+        "feeder maps, a bus x hour voltage heatmap and a cost-violation scatter. Writes "
+        "report.html (one offline page), report.md, report.json and the PNGs (docs/report.md).",
+    )
+    report.add_argument("folders", nargs="+", type=Path, metavar="DIR",
+                        help="a comparison folder (comparison.json) or a run folder (metrics.json); several "
+                        "give one page with a section each")
+    report.add_argument("--out", type=Path, help="output folder (default: DIR/report for one DIR; required for several)")
+    report.add_argument("--day", type=int, help="test day of the voltage heatmap (default: the day of most "
+                        "no-control violations, else 0)")
 
     tune = sub.add_parser(
         "tune",
@@ -123,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="wilcoxon: stop bad trials on their per-(scenario, seed) values (default); median: "
                       "on the validation checkpoints; none (docs/tuning.md)")
     tune.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    tune.add_argument("--startup-trials", type=int, default=10,
+                      help="random trials (the defaults included) before TPE models the space (default 10, "
+                           "Optuna's; lower it for studies of few trials)")
     tune.add_argument("--db-password-file", type=Path,
                       help="file holding the database password (owned by you, chmod 600)")
     tune.add_argument("--heartbeat-s", type=int, default=60,
@@ -279,6 +306,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     handler = {
         "run": commands.cmd_run,
         "compare": commands.cmd_compare,
+        "report": commands.cmd_report,
         "tune": commands.cmd_tune,
         "validate": commands.cmd_validate,
         "plugins": commands.cmd_plugins,

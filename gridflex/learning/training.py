@@ -6,7 +6,11 @@ A learner that trains subclasses :class:`TrainableLearner` (its ``Config`` subcl
 
 * **Clock.** The training clock starts when :meth:`Trainer.fit` starts (the learner's set-up and
   warm-up included) and excludes validation: ``wall_s`` is training time only, ``eval_wall_s``
-  the cumulative validation time, logged separately.
+  the cumulative validation time, logged separately. ``training_clock: wall`` (default) reads
+  elapsed time; ``cpu`` reads the process's CPU time (:func:`time.process_time`), which a
+  timing study on a shared machine needs: another process on the same core stretches wall time
+  but not CPU time (memory-bandwidth contention still shows). With ``cpu`` run one torch/OpenMP
+  thread, or the clock adds up the threads' time.
 * **Budget.** ``budget_seconds`` of training clock and/or ``budget_iterations`` (whichever ends
   first; at least one must be set).
 * **Validation** at equal training-clock intervals (``validation_interval_s``; or every
@@ -40,7 +44,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -75,6 +79,9 @@ class TrainingConfig(StrictConfig):
         None, ge=1, description="validate every this many iterations instead (tests, equal-work runs)")
     select_best: bool = Field(
         True, description="end in the best validation point's state (target met at lowest cost, else lowest violation)")
+    training_clock: Literal["wall", "cpu"] = Field(
+        "wall", description="what the training clock reads: elapsed time (wall) or the process's CPU time "
+                            "(cpu: timing studies on a shared machine, one thread)")
 
     @model_validator(mode="after")
     def _some_budget(self):
@@ -153,6 +160,9 @@ class Trainer:
     """Runs a :class:`TrainableLearner` under the budget and protocol of the module docstring."""
 
     _restored_rng, _restored_best = False, (None, None)  # set by _load_checkpoint
+    #: the training clock's time source (``fit`` sets it from ``training_clock``); learners that
+    #: time their own phases (e.g. lr annealing by clock) read it
+    timer = staticmethod(time.perf_counter)
 
     def __init__(self, world, *, out_dir: Path | None = None, pm=None, target: Target | None = None,
                  seed: int = 0, progress: bool = True, resume: bool = False, run_info: RunInfo | None = None):
@@ -192,11 +202,12 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self, learner: TrainableLearner) -> TrainingResult:
         cfg = learner.config
+        self.timer = time.process_time if cfg.training_clock == "cpu" else time.perf_counter
         columns = BASE_COLUMNS + tuple(learner.dual_columns) + tuple(learner.history_extras) + ("meets_target",)
         history: list[dict] = []
         offset_s = eval_s = eval_base = 0.0
         iteration = 0
-        start = time.perf_counter()
+        start = self.timer()
         with InterruptRequest(self.progress) as interrupt:
             return self._fit(learner, cfg, columns, history, offset_s, eval_s, eval_base, iteration, start,
                              interrupt)
@@ -212,7 +223,7 @@ class Trainer:
                 self.rng = np.random.default_rng([self.seed, 0x747261696E, iteration])
         else:
             learner.setup(self)
-        clock = lambda: offset_s + time.perf_counter() - start - (eval_s - eval_base)  # noqa: E731
+        clock = lambda: offset_s + self.timer() - start - (eval_s - eval_base)  # noqa: E731
         best_state, best_index, best_score = None, None, None
         resumed_at = None
         if history and self.resume:  # the checkpoint's own validation point: not validated twice
@@ -232,9 +243,9 @@ class Trainer:
             due = (iteration % cfg.validation_interval_iterations == 0
                    if cfg.validation_interval_iterations else now >= next_val_s)
             if (due or done or not history) and iteration != resumed_at:
-                t_eval = time.perf_counter()
+                t_eval = self.timer()
                 row = self._record(learner, iteration, now, last_extras)
-                row["eval_wall_s"] = eval_s + time.perf_counter() - t_eval
+                row["eval_wall_s"] = eval_s + self.timer() - t_eval
                 history.append(row)
                 self._write_history(history, columns)
                 score = _score(row, self.target)
@@ -246,7 +257,7 @@ class Trainer:
                                       (best_index, None if best_index == len(history) - 1 else best_state))
                 if self.pm is not None:
                     self.pm.hook.gridflex_on_iteration(run=self.run_info, record=dict(row))
-                eval_s += time.perf_counter() - t_eval  # files and hook count as validation time
+                eval_s += self.timer() - t_eval  # files and hook count as validation time
                 while next_val_s <= now:
                     next_val_s += cfg.validation_interval_s
                 if bar is not None:

@@ -106,10 +106,17 @@ def machine_load() -> str:
 
 def compare(scenario: str | Path | None, learners: list[str], seeds: list[int], out_dir: Path, *,
             overrides: list[str] = (), registry=None, pm=None, progress: bool = True,
-            echo=print, learner_params: dict[str, list[str]] | None = None) -> dict:
+            echo=print, learner_params: dict[str, list[str]] | None = None, jobs: int = 1,
+            reuse: dict[str, Path] | None = None) -> dict:
     """Run every learner with every seed; write and return ``comparison.json``.
+
     ``learner_params``: per learner, its own ``learner.params.KEY=VALUE`` overrides (``--params``
-    overlays), recorded in ``comparison.json`` as ``learner_params``."""
+    overlays), recorded in ``comparison.json`` as ``learner_params``. ``jobs`` > 1 runs the
+    (learner, seed) runs in that many worker processes (:mod:`gridflex.runs.compare_workers`), each
+    on its own CPU core with one thread; the results are the same as with ``jobs=1``, in the same
+    order. ``reuse``: a deterministic (non-training) controller's finished ``metrics.json`` to
+    take instead of running it (e.g. the reference, hours per scenario); it must be of the same
+    scenario and test days and is marked ``reused_from`` (:func:`reused_run`)."""
     if registry is None:
         from gridflex.plugins.registry import load_registry
 
@@ -119,23 +126,31 @@ def compare(scenario: str | Path | None, learners: list[str], seeds: list[int], 
     base = load_scenario(scenario, [o for o in overrides if not o.startswith(LEARNER_PARAMS)], registry)
     scenario_learner = base.config.learner.type if base.config.learner else None
     target = read_target(base)
+    reuse = dict(reuse or {})
     result = {"target": target.summary(), "scenario": base.config.name,
               "scenario_sha256": base.sha256(), "seeds": list(seeds), "learners": {},
-              "learner_params": {k: list(v) for k, v in (learner_params or {}).items()}}
+              "learner_params": {k: list(v) for k, v in (learner_params or {}).items()},
+              "jobs": jobs}
+    tasks = []  # (learner, seed, scenario overrides), in the order the summary lists them
     for name in learners:
+        if name in reuse:
+            continue
         cls = registry.get("learner", name)
         own = (learner_params or {}).get(name, [])
-        loaded = load_scenario(scenario, learner_overrides(name, cls.trains, scenario_learner, list(overrides), own),
-                               registry)
+        learner_ov = learner_overrides(name, cls.trains, scenario_learner, list(overrides), own)
+        load_scenario(scenario, learner_ov, registry)  # every learner's scenario is valid before any run
+        tasks += [(name, seed, learner_ov) for seed in (seeds if cls.trains else seeds[:1])]
+    reused = {name: reused_run(Path(path), base, registry, name) for name, path in reuse.items()}
+    outputs = _run_tasks(scenario, tasks, out_dir, jobs, registry, pm, progress, echo)
+    for name in learners:
+        if name in reused:
+            result["learners"][name] = _learner_summary([reused[name]], [(None, None)], [(None, None)])
+            continue
         runs, times, loose = [], [], []
-        for seed in (seeds if cls.trains else seeds[:1]):
-            echo(f"[compare] {name} seed {seed}; {machine_load()}")
-            run_dir = out_dir / name / f"seed{seed}"
-            run = execute_run(loaded, registry, pm, run_dir, learner_seed=seed, references=False,
-                              progress=progress)
-            doc = run.metrics
+        for (task_name, _seed, _), (doc, rows) in zip(tasks, outputs):
+            if task_name != name:
+                continue
             runs.append(doc)
-            rows = run.history  # in memory; the same rows as run_dir/history.csv
             times.append(_to_target(rows, target))  # (None, None) without a history
             loose.append(_to_target(rows, _violation_only(target)))
             _add_final_duals(doc, rows)
@@ -145,6 +160,56 @@ def compare(scenario: str | Path | None, learners: list[str], seeds: list[int], 
     path = out_dir / "comparison.json"
     path.write_text(json.dumps(result, indent=2))
     return result
+
+
+def _run_tasks(scenario, tasks: list[tuple], out_dir: Path, jobs: int, registry, pm, progress: bool,
+               echo) -> list[tuple[dict, list[dict]]]:
+    """(metrics.json document, validation rows) of every task, in task order."""
+    if jobs > 1 and len(tasks) > 1:
+        from gridflex.runs.compare_workers import run_in_workers
+
+        return run_in_workers(scenario, tasks, out_dir, jobs, echo, machine_load)
+    outputs = []
+    for name, seed, learner_ov in tasks:
+        echo(f"[compare] {name} seed {seed}; {machine_load()}")
+        loaded = load_scenario(scenario, learner_ov, registry)
+        run = execute_run(loaded, registry, pm, out_dir / name / f"seed{seed}", learner_seed=seed,
+                          references=False, progress=progress)
+        outputs.append((run.metrics, run.history))  # history in memory: the rows of history.csv
+    return outputs
+
+
+def reused_run(path: Path, base, registry, name: str) -> dict:
+    """A finished run's ``metrics.json`` taken into a comparison instead of running it again.
+
+    Only for a controller that does not train (its result depends on the world alone), of the
+    same scenario name, tap treatment and number of test days. The scenario's sha256 may differ
+    (e.g. a schema key added since): both are recorded, ``reused_from`` names the file."""
+    cls = registry.get("learner", name)
+    problem = None
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--reuse {name}={path}: cannot read it as a metrics.json ({exc}); give the "
+                        "metrics.json of a finished `gridflex run` of that controller") from None
+    if cls.trains:
+        problem = f"{name} trains, so its result depends on the seed and the training clock; only " \
+                  "controllers that do not train can be reused"
+    elif not isinstance(doc, dict) or doc.get("learner") != name:
+        problem = f"it is a run of {doc.get('learner') if isinstance(doc, dict) else None!r}, not of {name!r}"
+    else:
+        cfg = base.config
+        mismatch = [f"{key} {doc.get(key)!r} (this scenario: {want!r})" for key, want in (
+            ("scenario", cfg.name), ("n_test_days", cfg.data.n_test_days),
+            ("tap_treatment", cfg.feeder.tap_treatment)) if key in doc and doc.get(key) != want]
+        if "test" not in doc or mismatch:
+            problem = "it does not match this scenario: " + ("; ".join(mismatch) or "no test metrics")
+    if problem:
+        raise UserError(f"--reuse {name}={path}: {problem}.")
+    doc = dict(doc)
+    doc["reused_from"] = str(path)
+    doc["reused_scenario_sha256"] = doc.get("scenario_sha256")
+    return doc
 
 
 def _violation_only(target: Target) -> Target:

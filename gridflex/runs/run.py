@@ -275,6 +275,7 @@ def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, d
         document["target"] = target.as_dict()
         document["validation_eval_seconds"] = result.eval_seconds
         document["training_iterations"] = result.iterations
+        document["training_clock"] = learner.config.training_clock
         document["validation"] = result.history[-1] if result.best_index is None else result.history[result.best_index]
     write_run_outputs(out_dir, world, document, evaluation)
     extras = learner.report()

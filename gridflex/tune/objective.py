@@ -156,10 +156,10 @@ def prepare_problems(paths: list[str], overrides: list[str], learner: str, budge
     problems = []
     for path in paths:
         scenario_learner = load_scenario(path, list(overrides), registry).config.learner
-        base = list(overrides) + [f"learner.type={learner_cls.name}"]
+        base = [f"learner.type={learner_cls.name}"]
         if scenario_learner is None or scenario_learner.type != learner_cls.name:
-            base.append("learner.params={}")
-        base += budget.overrides()
+            base.append("learner.params={}")  # before -o, so `-o learner.params.X=...` survives it
+        base += list(overrides) + budget.overrides()
         loaded = load_scenario(path, base, registry)
         problems.append(Problem(Path(path), base, loaded, read_target(loaded)))
     return problems

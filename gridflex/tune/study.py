@@ -53,6 +53,7 @@ class TuneSettings:
     multi_objective: bool = False
     pruner: str = "wilcoxon"
     sampler_seed: int = 0
+    startup_trials: int = 10  # TPE's random start-up trials (Optuna's default)
     heartbeat_s: int = 60
     max_retry: int = 3
     password_file: Path | None = None
@@ -88,6 +89,8 @@ def _check(settings: TuneSettings) -> None:
         raise UserError(f"--pruner {settings.pruner!r}: choose one of {', '.join(PRUNERS)}")
     if settings.study is not None and not _NAME.match(settings.study):
         raise UserError(f"--study {settings.study!r}: use letters, digits and . _ + - only (it names files)")
+    if settings.startup_trials < 1:
+        raise UserError("--startup-trials must be at least 1 (TPE needs some trials before it models the space)")
     if settings.heartbeat_s < 1:
         raise UserError("--heartbeat-s must be at least 1 second")
 
@@ -96,7 +99,8 @@ def open_study(settings: TuneSettings, spec: StorageSpec, name: str, stored: dic
     """Create or load the study; store or compare its settings; enqueue the defaults once."""
     import optuna
 
-    sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed + settings.worker_index, constant_liar=True)
+    sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed + settings.worker_index, constant_liar=True,
+                                         n_startup_trials=settings.startup_trials)
     if settings.multi_objective or settings.pruner == "none":
         pruner = optuna.pruners.NopPruner()
     else:
@@ -219,7 +223,8 @@ def worker_command(settings: TuneSettings, index: int) -> list[str]:
     """The command line of extra worker ``index`` (``--jobs``): the same study, no summary."""
     cmd = [sys.executable, "-m", "gridflex", "tune", *settings.scenarios, "--learner", settings.learner,
            "--trials", str(settings.trials), "--seeds", ",".join(map(str, settings.seeds)),
-           "--sampler-seed", str(settings.sampler_seed), "--heartbeat-s", str(settings.heartbeat_s),
+           "--sampler-seed", str(settings.sampler_seed), "--startup-trials", str(settings.startup_trials),
+           "--heartbeat-s", str(settings.heartbeat_s),
            "--pruner", settings.pruner, "--jobs", "1", "--worker-index", str(index), "--no-summary"]
     cmd += ["--budget-s", repr(settings.budget.seconds)] if settings.budget.seconds is not None else \
         ["--budget-iterations", str(settings.budget.iterations)]

@@ -34,7 +34,6 @@ the warm start's behaviour-cloning steps).
 from __future__ import annotations
 
 import math
-import time
 from typing import ClassVar, Literal
 
 import torch
@@ -279,9 +278,9 @@ class GradMAP(_PolicyLearner):
     def outer_iteration(self, trainer: Trainer, exo, ascend: bool = True) -> dict[str, float]:
         """docs/design.md §3 steps 1-4 on the days ``exo`` (``ascend=False`` keeps the duals fixed)."""
         cfg = self.config
-        t0 = time.perf_counter()
+        t0 = trainer.timer()
         rollout, lag, g = self.environment_gradient(trainer, exo)
-        t1 = time.perf_counter()
+        t1 = trainer.timer()
         obs = [traj.observations.detach() for traj in rollout.fleets]
         u = [traj.u.detach() for traj in rollout.fleets]
         g_hat = [normalise_gradient(g_f, cfg.grad_normalisation) for g_f in g]
@@ -293,7 +292,7 @@ class GradMAP(_PolicyLearner):
         self.env.counters.policy_updates += steps
         if self.dual_ascent and ascend:
             self.duals.ascend(lag.means, self.ascent)
-        t2 = time.perf_counter()
+        t2 = trainer.timer()
         g_all = torch.cat([x.reshape(-1) for x in g])
         return {"lagrangian": float(lag.value.detach()), "train_cost_per_day": lag.cost_per_day,
                 "train_violation_rate": lag.train_violation_rate, "clipped_share": prox.clipped_share,

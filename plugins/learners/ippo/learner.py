@@ -35,7 +35,6 @@ Counters: ``env_gradient_evaluations`` stays 0 (the environment is never differe
 
 from __future__ import annotations
 
-import time
 from typing import ClassVar, Literal
 
 import torch
@@ -175,7 +174,7 @@ class IPPO(VariantMixin, TrainableLearner):
     def setup(self, trainer: Trainer) -> None:
         """Warm-up (module docstring): statistics, return scales, behaviour cloning."""
         cfg = self.config
-        t0 = time.perf_counter()
+        t0 = trainer.timer()
         self.setup_variants(trainer)  # linearised sensitivities, static features
         exo = trainer.sample_days(min(cfg.days_per_batch, WARM_UP_DAYS))
         fleets = self.env.fleets
@@ -194,7 +193,7 @@ class IPPO(VariantMixin, TrainableLearner):
         if cfg.warm_start_epochs:  # to the tolerance warm_start_tolerance_u (options.VariantMixin)
             steps, _ = self.behaviour_clone([t.observations for t in rollout.fleets], [t.u for t in rollout.fleets])
             self.env.counters.policy_updates += steps
-        self.anneal(trainer, time.perf_counter() - t0, iteration=False)
+        self.anneal(trainer, trainer.timer() - t0, iteration=False)
 
     def train_iteration(self, trainer: Trainer) -> dict[str, float]:
         return self.iteration(trainer, trainer.sample_days(self.config.days_per_batch))
@@ -202,10 +201,10 @@ class IPPO(VariantMixin, TrainableLearner):
     def iteration(self, trainer: Trainer, exo) -> dict[str, float]:
         """Steps 1-5 of the module docstring on the days ``exo``."""
         cfg = self.config
-        t0 = time.perf_counter()
+        t0 = trainer.timer()
         rollout, zs, log_probs = self._explore(exo)
         shaped = self._rewards(trainer, rollout)
-        t1 = time.perf_counter()
+        t1 = trainer.timer()
         state = self.global_state(rollout) if cfg.critic == "centralised" else None
         batches = [fleet_batch(agent, traj.observations, z, log_prob, reward, cfg.gamma, cfg.gae_lambda,
                                global_state=state, running_values=cfg.value_normalisation == "running")
@@ -218,7 +217,7 @@ class IPPO(VariantMixin, TrainableLearner):
             if state is not None:
                 agent.global_norm.update(state.reshape(-1, 1, state.shape[-1]))
         self.ascend_duals(trainer, rollout)  # PPO-Lagrangian (no-op with fixed prices)
-        t2 = time.perf_counter()
+        t2 = trainer.timer()
         self.anneal(trainer, t2 - t0)
         n_agents = self.env.n_agents
         mean_reward = sum(float(r.sum((1, 2)).mean()) for r in shaped.rewards) / n_agents
