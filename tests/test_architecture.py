@@ -21,6 +21,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("gridflex.scenario",),
     ("gridflex.learning",),
     ("gridflex.runs",),
+    ("gridflex.report",),
     ("gridflex.tune",),
     ("gridflex.deploy",),
     ("gridflex.cli",),

@@ -315,22 +315,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from gridflex.report import build_report
-
-    if args.out is not None:
-        check_output_dir(args.out, "--out")
-    elif len(args.folders) == 1 and args.folders[0].is_dir():
-        check_output_dir(args.folders[0] / "report", "the report folder")
-    report = build_report(args.folders, args.out, args.day)
-    out = args.out if args.out is not None else args.folders[0] / "report"
-    for section in report["sections"]:
-        print(f"{section['scenario']} ({section['kind']}, {section['source']}): "
-              + ", ".join(f"{n} x{l['n_runs']}" for n, l in section["learners"].items()))
-    print(f"wrote {out}/report.html, report.md, report.json and {sum(len(s['figures']) for s in report['sections'])} PNGs")
-    return EXIT_OK
-
-
 def cmd_pf(args: argparse.Namespace) -> int:
     from gridflex.cli.pf import run_pf
     from gridflex.runs.torch_device import check_device

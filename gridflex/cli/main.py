@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="one self-contained HTML page (plus Markdown, JSON, PNGs) from comparison or run folders",
         description="Summarise comparison folders (gridflex compare) and run folders (gridflex run): "
-        "interquartile means over seeds with 95 %% stratified-bootstrap intervals (rliable; the "
+        "interquartile means over seeds with 95 % stratified-bootstrap intervals (rliable; the "
         "report extra), censored times to target as lower bounds, probability of improvement of "
         "gradmap over each other learner, speed-up ratios, performance profiles, learning curves, "
         "feeder maps, a bus x hour voltage heatmap and a cost-violation scatter. Writes "
@@ -301,12 +301,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from gridflex.cli import commands
+    from gridflex.cli import commands, report
 
     handler = {
         "run": commands.cmd_run,
         "compare": commands.cmd_compare,
-        "report": commands.cmd_report,
+        "report": report.cmd_report,
         "tune": commands.cmd_tune,
         "validate": commands.cmd_validate,
         "plugins": commands.cmd_plugins,

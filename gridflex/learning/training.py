@@ -6,11 +6,8 @@ A learner that trains subclasses :class:`TrainableLearner` (its ``Config`` subcl
 
 * **Clock.** The training clock starts when :meth:`Trainer.fit` starts (the learner's set-up and
   warm-up included) and excludes validation: ``wall_s`` is training time only, ``eval_wall_s``
-  the cumulative validation time, logged separately. ``training_clock: wall`` (default) reads
-  elapsed time; ``cpu`` reads the process's CPU time (:func:`time.process_time`), which a
-  timing study on a shared machine needs: another process on the same core stretches wall time
-  but not CPU time (memory-bandwidth contention still shows). With ``cpu`` run one torch/OpenMP
-  thread, or the clock adds up the threads' time.
+  the cumulative validation time. ``training_clock``: ``wall`` (elapsed) or ``cpu`` (process CPU
+  time, for timing on a shared machine; run one thread, as it sums the threads' time).
 * **Budget.** ``budget_seconds`` of training clock and/or ``budget_iterations`` (whichever ends
   first; at least one must be set).
 * **Validation** at equal training-clock intervals (``validation_interval_s``; or every
@@ -80,8 +77,7 @@ class TrainingConfig(StrictConfig):
     select_best: bool = Field(
         True, description="end in the best validation point's state (target met at lowest cost, else lowest violation)")
     training_clock: Literal["wall", "cpu"] = Field(
-        "wall", description="what the training clock reads: elapsed time (wall) or the process's CPU time "
-                            "(cpu: timing studies on a shared machine, one thread)")
+        "wall", description="training clock: elapsed time (wall) or process CPU time (cpu, one thread)")
 
     @model_validator(mode="after")
     def _some_budget(self):
@@ -160,8 +156,7 @@ class Trainer:
     """Runs a :class:`TrainableLearner` under the budget and protocol of the module docstring."""
 
     _restored_rng, _restored_best = False, (None, None)  # set by _load_checkpoint
-    #: the training clock's time source (``fit`` sets it from ``training_clock``); learners that
-    #: time their own phases (e.g. lr annealing by clock) read it
+    #: the training clock's source (set by ``fit``); learners timing their own phases read it
     timer = staticmethod(time.perf_counter)
 
     def __init__(self, world, *, out_dir: Path | None = None, pm=None, target: Target | None = None,
@@ -308,18 +303,12 @@ class Trainer:
     def _record(self, learner, iteration, wall_s, extras) -> dict:
         metrics = self.validate(learner)
         dual_mean, dual_max = learner.dual_summary()
-        row = {
-            "iteration": iteration, "wall_s": wall_s, "eval_wall_s": None,
-            **self.env.counters.as_dict(),
-            "val_cost_per_day": metrics["cost_per_day"],
-            "val_violation_rate": metrics["voltage_violation_rate"],
-            "dual_mean": dual_mean, "dual_max": dual_max,
-        }
+        row = {"iteration": iteration, "wall_s": wall_s, "eval_wall_s": None, **self.env.counters.as_dict(),
+               "val_cost_per_day": metrics["cost_per_day"], "val_violation_rate": metrics["voltage_violation_rate"],
+               "dual_mean": dual_mean, "dual_max": dual_max}
         report = learner.dual_report()
-        for name in learner.dual_columns:
-            row[name] = report.get(name)
-        for name in learner.history_extras:
-            row[name] = extras.get(name)
+        row.update({name: report.get(name) for name in learner.dual_columns})
+        row.update({name: extras.get(name) for name in learner.history_extras})
         row["meets_target"] = None if self.target is None else int(
             self.target.met(row["val_violation_rate"], row["val_cost_per_day"]))
         return row

@@ -116,6 +116,13 @@ def save_schedules(path: Path, world: World, evaluation: Evaluation) -> None:
     ``load_scale[B, T, L]`` (per spot load), ``p_kw/q_kvar[B, T, n_inj]`` net consumption at
     ``injection_nodes``, the fixed ``taps`` (frozen or settled; ``taps_per_step [B, T, n_reg]``
     under the regulated treatment), and the evaluation solver's ``vm_pu[B, T, n]``.
+
+    For the feeder map of ``gridflex report`` (:func:`feeder_map_arrays`): ``bus_names[n_bus]``
+    with ``bus_xy[n_bus, 2]`` (the feeder's coordinates in its own units, NaN where it gives none),
+    ``branch_names/branch_kind/branch_bus_a/branch_bus_b[n_br]`` (a branch's first conductor's bus
+    at terminal 1 and at terminal 2) and ``branch_max_loading[n_br]``, the largest ``|I| / I_rated``
+    of its rated phase conductors over the test days and steps (NaN: not rated). Files written
+    before these keys existed lack them; readers must cope.
     """
     env = world.eval_env
     rollout = evaluation.rollout
@@ -143,7 +150,45 @@ def save_schedules(path: Path, world: World, evaluation: Evaluation) -> None:
     }
     if rollout.taps is not None:  # regulated treatment: the taps of every day-step [B, T, n_reg]
         arrays["taps_per_step"] = rollout.taps
+    arrays.update(feeder_map_arrays(env, rollout))
     np.savez_compressed(path, **arrays)
+
+
+def feeder_map_arrays(env, rollout: Rollout) -> dict[str, np.ndarray]:
+    """What a feeder map needs (see :func:`save_schedules`): bus coordinates, branch endpoints
+    and each branch's largest loading ``|I| / I_rated`` on the rolled-out days (NaN: unrated, or
+    no converged step)."""
+    grid = env.grid
+    buses = sorted({name.rsplit(".", 1)[0] for name in grid.node_names})
+    xy = np.array([grid.bus_coords.get(b, (np.nan, np.nan)) for b in buses], dtype=float).reshape(-1, 2)
+    bus_of = [name.rsplit(".", 1)[0] for name in grid.node_names]
+
+    def terminal_bus(branch, terminal: int) -> str:
+        m = len(branch.terminal_nodes) // max(branch.n_terminals, 1)
+        nodes = [int(k) for k in branch.terminal_nodes[terminal * m:(terminal + 1) * m] if k >= 0]
+        return bus_of[nodes[0]] if nodes else ""
+
+    names = [b.name for b in grid.branches]
+    loading = np.full(len(names), np.nan)
+    monitor = env.current_monitor
+    if len(monitor):
+        with torch.no_grad():
+            per_conductor = monitor.loading(rollout.flow.branch_currents_a).real.cpu().numpy()  # [B, T, R]
+        # NaN-ignoring maximum over days and steps (NaN only where no step gave a finite current)
+        worst = np.fmax.reduce(per_conductor.reshape(-1, per_conductor.shape[-1]), axis=0)
+        index = {name: k for k, name in enumerate(names)}
+        for label, value in zip(monitor.names, worst):
+            k = index[label.rsplit(".", 1)[0]]
+            loading[k] = np.fmax(loading[k], value)
+    return {
+        "bus_names": np.array(buses),
+        "bus_xy": xy,
+        "branch_names": np.array(names),
+        "branch_kind": np.array([b.kind for b in grid.branches]),
+        "branch_bus_a": np.array([terminal_bus(b, 0) for b in grid.branches]),
+        "branch_bus_b": np.array([terminal_bus(b, 1) if b.n_terminals > 1 else "" for b in grid.branches]),
+        "branch_max_loading": loading,
+    }
 
 
 def validation_days(world: World):
