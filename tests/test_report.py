@@ -192,3 +192,68 @@ def test_run_folder_reused_run_and_old_schedules(comparison, cli, tmp_path):
     assert tt["iqm"] == pytest.approx(np.mean([runs[0]["values"]["time_to_target_s"], runs[1]["train_seconds"]]))
     assert '≥ <span data-key="sections.0.learners.gradmap.aggregates.time_to_target_s.iqm"' in page
     assert "lower bounds" in notes
+
+
+@pytest.mark.parametrize("censored, bound", [((False, False), "exact"), ((True, False), "lower"),
+                                              ((False, True), "upper"), ((True, True), "none")])
+def test_speedup_bound_follows_which_side_is_censored(censored, bound):
+    """A censored numerator makes the ratio a lower bound, a censored denominator (gradmap's time is
+    at least its budget) an upper bound, both: no bound; the page marks them ≥ / ≤ / a note."""
+    from gridflex.report import aggregate
+    from gridflex.report.collect import RunRecord, Section
+    from gridflex.report.page import _plain
+
+    def runs(learner, times, censored_side):
+        out = []
+        for k, t in enumerate(times):
+            reached = not (censored_side and k == 0)
+            doc = {"learner": learner, "seeds": [k], "train_seconds": 20.0, "env_gradient_evaluations": 40,
+                   "test": {"cost_per_day": 1.0, "voltage_violation_rate": 0.0}}
+            out.append(RunRecord(learner=learner, seed=k, metrics=doc, history=[{"iteration": 0.0}],
+                                 time_to_target_s=t if reached else None,
+                                 gradients_to_target=10.0 if reached else None))
+        return out
+
+    section = Section(source=None, kind="comparison", scenario="x", target={}, machine="",
+                      learners={"ssl_pd": runs("ssl_pd", [5.0, 6.0, 7.0], censored[0]),
+                                "gradmap": runs("gradmap", [10.0, 11.0, 12.0], censored[1])})
+    entry = aggregate.speedups(section)["ssl_pd/gradmap"]["time_to_target_s"]
+    assert entry["bound"] == bound
+    mark = _plain(entry, "ratio", "ratio")
+    assert mark.startswith({"lower": "≥", "upper": "≤"}.get(bound, mark[0])) and mark[0] in "≥≤0123456789"
+
+
+def test_committed_headline_report_is_rebuilt_by_the_command(tmp_path, cli):
+    """docs/headline/report (README's headline, docs/benchmarks.md) is what `gridflex report` makes
+    of the committed comparison folders: every aggregate, probability and ratio, and the page shows
+    exactly its JSON."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "docs" / "headline"
+    committed = json.loads((root / "report" / "report.json").read_text())
+    code, out, err = cli("report", str(root / "ieee13_small"), str(root / "ieee123_1000"), "--out", str(tmp_path))
+    assert code == 0, out + err
+    rebuilt = json.loads((tmp_path / "report.json").read_text())
+    assert len(rebuilt["sections"]) == len(committed["sections"]) == 2
+    for new, old in zip(rebuilt["sections"], committed["sections"]):
+        assert new["scenario"] == old["scenario"]
+        for key in ("learners", "probability_of_improvement", "speedup", "target"):
+            flat_new, flat_old = _flat(new[key]), _flat(old[key])
+            assert flat_new.keys() == flat_old.keys(), key
+            for path, value in flat_old.items():
+                if path.rstrip(".").endswith(".folder"):  # where the folders were given from, not a result
+                    continue
+                if isinstance(value, float):
+                    assert flat_new[path] == pytest.approx(value, rel=1e-12, abs=1e-15), path
+                else:
+                    assert flat_new[path] == value, path
+    assert check_page_against_json((tmp_path / "report.html").read_text(), rebuilt) > 100
+
+
+def _flat(tree, prefix=""):
+    """Nested dicts/lists as {dotted path: leaf} (numbers compared with approx, the rest exactly)."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in _flat(sub, f"{prefix}{i}.").items()}
+    return {prefix: tree}

@@ -25,7 +25,8 @@ maintained library **rliable**:
 * **Speed-up ratios** IQM(other) / IQM(:data:`HEADLINE`) of time to target, for the pairs of
   :data:`SPEEDUP_PAIRS` that are present, interval by the independent stratified bootstrap
   (``StratifiedIndependentBootstrap`` through ``get_interval_estimates``) of both learners' runs.
-  Censored runs in the numerator only: a lower bound; in the denominator: no bound (``bound``).
+  Censored runs in the numerator only: a lower bound; in the denominator only: an upper bound;
+  in both: no bound (``bound``).
 """
 
 from __future__ import annotations
@@ -116,14 +117,24 @@ def censored_values(runs: list[RunRecord], metric: Metric) -> tuple[np.ndarray, 
 
 
 def _interval(library, metrics, scores: dict[str, object], func) -> tuple[dict, dict]:
-    """rliable's point estimate and percentile interval of ``func`` (seeded; arch's notice that
-    ``random_state`` will be renamed is silenced: it is rliable's call)."""
+    """rliable's point estimate and percentile interval of ``func``, seeded (arch's notice that
+    ``random_state`` will be renamed is silenced: it is rliable's call).
+
+    rliable 1.2's ``StratifiedBootstrap.update_indices`` draws from numpy's *global* generator and
+    ignores ``random_state``, so the global generator is seeded here too (and restored after):
+    the same folders give the same intervals to the last digit."""
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
-        return library.get_interval_estimates(scores, func, reps=BOOTSTRAP_REPS, confidence_interval_size=CONFIDENCE,
-                                              random_state=np.random.RandomState(BOOTSTRAP_SEED))
+    saved = np.random.get_state()
+    np.random.seed(BOOTSTRAP_SEED)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+            return library.get_interval_estimates(scores, func, reps=BOOTSTRAP_REPS,
+                                                  confidence_interval_size=CONFIDENCE,
+                                                  random_state=np.random.RandomState(BOOTSTRAP_SEED))
+    finally:
+        np.random.set_state(saved)
 
 
 def iqm(scores: np.ndarray) -> float:
@@ -230,7 +241,8 @@ def probability_of_improvement(section: Section) -> dict[str, dict]:
 def speedups(section: Section) -> dict[str, dict]:
     """``{"<num>/<den>": {metric: {ratio, ci_low, ci_high, bound}}}`` for the present pairs of
     :data:`SPEEDUP_PAIRS` (module docstring). ``bound``: ``"exact"`` (nothing censored),
-    ``"lower"`` (censored runs in the numerator only) or ``"none"`` (the denominator has censored runs)."""
+    ``"lower"`` (censored runs in the numerator only: the true ratio is at least this),
+    ``"upper"`` (in the denominator only: at most this) or ``"none"`` (in both)."""
     library, metrics = _rliable()
     out: dict[str, dict] = {}
     by_key = {m.key: m for m in METRICS}
@@ -252,7 +264,8 @@ def speedups(section: Section) -> dict[str, dict]:
 
             point, interval = _interval(library, metrics, {"r": (x[:, None], y[:, None])}, ratio)
             ci = np.asarray(interval["r"]).ravel()
-            bound = "none" if y_cens.any() else ("lower" if x_cens.any() else "exact")
+            bound = {(False, False): "exact", (True, False): "lower", (False, True): "upper",
+                     (True, True): "none"}[(bool(x_cens.any()), bool(y_cens.any()))]
             entry[key] = {"ratio": float(np.asarray(point["r"]).ravel()[0]), "ci_low": float(ci[0]),
                           "ci_high": float(ci[1]), "bound": bound, "n_num": int(x.size), "n_den": int(y.size)}
         if entry:

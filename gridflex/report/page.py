@@ -54,7 +54,7 @@ def _num(key: str, value, kind: str) -> str:
 def _estimate(prefix: str, entry: dict, kind: str, point: str = "iqm") -> str:
     """``IQM [low, high]`` with data-keys; a lower bound gets a leading ``≥``."""
     kind = "count_mean" if kind == "count" else kind
-    text = ("≥ " if entry.get("lower_bound") or entry.get("bound") == "lower" else "") + _num(
+    text = _bound_mark(entry) + _num(
         f"{prefix}.{point}", entry.get(point), kind)
     if entry.get("ci_low") is not None:
         text += (f' <span class="ci">[{_num(prefix + ".ci_low", entry["ci_low"], kind)}, '
@@ -127,15 +127,15 @@ def section_html(k: int, section: dict, images: dict[str, Path]) -> str:
         for pair, entry in section["speedup"].items():
             prefix = f"{base}.speedup.{pair}"
             rows.append([html.escape(pair)] + [
-                _estimate(f"{prefix}.{m}", entry[m], "ratio", "ratio") + (" (censored denominator: no bound)"
-                                                                         if entry[m]["bound"] == "none" else "")
+                _estimate(f"{prefix}.{m}", entry[m], "ratio", "ratio") + BOUND_NOTE.get(entry[m]["bound"], "")
                 if m in entry else MISSING for m in ("time_to_target_s", "gradients_to_target")])
         parts.append("<h3>Where we stand: speed-up ratios</h3>")
         parts.append(_table(["IQM time to target ratio", "training seconds", "environment gradients"], rows))
         parts.append('<p class="note">IQM(other) / IQM(gradmap) of time to target, with a 95 % bootstrap interval '
                      "(independent resampling of both learners' runs). Above 1: gradmap reaches the target "
                      "sooner. gradmap_e1 / gradmap in environment gradients is the reuse factor. ≥: censored "
-                     "runs in the numerator only.</p>")
+                     "runs in the numerator only (at least this); ≤: in gradmap's only (at most this); "
+                     "censored on both sides: no bound.</p>")
     parts.append("<h3>Every run</h3>")
     parts.append(_runs_table(base, section))
     for title, name in (("Learning curves", "learning_curves"), ("Performance profile", "performance_profile"),
@@ -198,7 +198,8 @@ def render_markdown(report: dict, images: list[dict[str, Path]], out_dir: Path) 
             if section[key]:
                 lines += [f"### {title}", ""]
                 for pair, entry in section[key].items():
-                    shown = ", ".join(f"{LABELS[m]}: {_plain(v, kind, point)}" for m, v in entry.items())
+                    shown = ", ".join(f"{LABELS[m]}: {_plain(v, kind, point)}{BOUND_NOTE.get(v.get('bound'), '')}"
+                                      for m, v in entry.items())
                     lines.append(f"- {pair.replace('_vs_', ' vs ')}: {shown}")
                 lines.append("")
         for name, path in images[k].items():
@@ -207,9 +208,21 @@ def render_markdown(report: dict, images: list[dict[str, Path]], out_dir: Path) 
     return "\n".join(lines)
 
 
+#: what a speed-up ratio's censoring means (``aggregate.speedups``)
+BOUND_NOTE = {"lower": " (censored numerator: at least this)", "upper": " (censored denominator: at most this)",
+              "none": " (censored on both sides: no bound)"}
+
+
+def _bound_mark(entry: dict) -> str:
+    """``≥`` before a lower bound, ``≤`` before an upper one."""
+    if entry.get("lower_bound") or entry.get("bound") == "lower":
+        return "≥ "
+    return "≤ " if entry.get("bound") == "upper" else ""
+
+
 def _plain(entry: dict, kind: str, point: str) -> str:
     kind = "count_mean" if kind == "count" else kind
-    text = ("≥ " if entry.get("lower_bound") or entry.get("bound") == "lower" else "") + fmt(entry.get(point), kind)
+    text = _bound_mark(entry) + fmt(entry.get(point), kind)
     if entry.get("ci_low") is not None:
         text += f" [{fmt(entry['ci_low'], kind)}, {fmt(entry['ci_high'], kind)}]"
     return text
