@@ -27,6 +27,14 @@ def pyplot():
     return plt
 
 
+def save(plt, fig, out: Path) -> Path:
+    """Lay out, write ``out`` (PNG, 110 dpi) and close ``fig``."""
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def colours(names: list[str]) -> dict[str, str]:
     """One stable colour per learner name (tab10 in the given order)."""
     cycle = [f"C{k}" for k in range(10)]
@@ -87,10 +95,7 @@ def learning_curves(section: Section, out: Path, colour: dict[str, str]) -> Path
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     fig.suptitle("Learning curves: median and interquartile range over seeds", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(plt, fig, out)
 
 
 def performance_profile(profiles: dict, out: Path, colour: dict[str, str]) -> Path | None:
@@ -114,10 +119,7 @@ def performance_profile(profiles: dict, out: Path, colour: dict[str, str]) -> Pa
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Performance profile of time to target (95 % bootstrap band)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(plt, fig, out)
 
 
 def cost_violation_scatter(section: Section, values: dict[str, list[dict]], out: Path,
@@ -140,10 +142,7 @@ def cost_violation_scatter(section: Section, values: dict[str, list[dict]], out:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Every run on the test days (lower left is better)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(plt, fig, out)
 
 
 def bus_voltages(schedules) -> tuple[list[str], np.ndarray, tuple[float, float]]:
