@@ -292,17 +292,24 @@ def test_training_clock_reads_wall_or_cpu_time(setup, tmp_path, clock):
 
     learner = make_learner(setup, budget_iterations=2, validation_interval_iterations=1, training_clock=clock)
     inner = learner.train_iteration
+    sleep_s = 0.5
 
     def waiting_iteration(trainer):
-        time.sleep(0.4)
+        time.sleep(sleep_s)
         return inner(trainer)
 
     learner.train_iteration = waiting_iteration
-    result = Trainer(setup[4], out_dir=tmp_path, progress=False).fit(learner)
-    waited_s = 0.8
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the cpu clock sums threads' time: one thread, as documented
+    try:
+        started = time.perf_counter()
+        result = Trainer(setup[4], out_dir=tmp_path, progress=False).fit(learner)
+        elapsed_s = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(threads)
     if clock == "wall":
-        assert result.train_seconds >= waited_s
-    else:
-        assert result.train_seconds < waited_s - 0.2
+        assert result.train_seconds >= 2 * sleep_s
+    else:  # CPU time <= wall time, and the sleeps are not in it
+        assert result.train_seconds <= elapsed_s - 2 * sleep_s
     rows = list(csv.DictReader((tmp_path / "history.csv").open()))
     assert float(rows[-1]["wall_s"]) == pytest.approx(result.train_seconds, abs=1e-3)  # 4 decimals
