@@ -23,6 +23,9 @@ if [ "$SCALE" = 1 ]; then BATCH="1000 10000 100000"; DAYS="8 32"; BUDGET=40; els
 
 echo "== power-flow throughput" | tee -a "$OUT/progress.txt"
 timeout 120 $PY bench/pf_throughput.py --device "$DEVICE" --batch $BATCH >"$OUT/pf_throughput.txt" 2>&1
+echo "== power-flow throughput, float32" | tee -a "$OUT/progress.txt"
+timeout 120 $PY bench/pf_throughput.py --device "$DEVICE" --batch $BATCH --dtype float32 --tol 1e-6 \
+  >"$OUT/pf_throughput_float32.txt" 2>&1
 
 echo "== environment step" | tee -a "$OUT/progress.txt"
 timeout 80 $PY bench/env_step.py --device "$DEVICE" --days $DAYS --repeats 2 >"$OUT/env_step.txt" 2>&1

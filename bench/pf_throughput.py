@@ -122,8 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"feeder {args.feeder.name} ({grid.n_nodes} nodes, grid from {source} in {grid_seconds:.2f} s); "
           f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}); "
           f"{args.dtype}; tol {args.tol:g} pu; anderson m={args.anderson_m}")
-    engine = opendss_rate(args.feeder, rng.uniform(0.5, 1.3, (args.engine_solves, n_loads)), args.tol)
-    if engine is None:
+    engine = None
+    if args.engine_solves > 0:
+        engine = opendss_rate(args.feeder, rng.uniform(0.5, 1.3, (args.engine_solves, n_loads)), args.tol)
+    if args.engine_solves <= 0:
+        print(f"{'opendss':10s} {'-':>8s} {'skipped':>12s}           (--engine-solves 0)")
+    elif engine is None:
         print(f"{'opendss':10s} {'-':>8s} {'skipped':>12s}           (the OpenDSS engine is not installed here)")
     else:
         print(f"{'opendss':10s} {args.engine_solves:8d} {engine[0]:12,.0f} {engine[1]:8.2f}  "

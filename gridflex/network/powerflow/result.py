@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gridflex.network.powerflow import zbus
+from gridflex.network.powerflow import wide, zbus
 from gridflex.network.powerflow.implicit import AdjointReport, SolveOptions, ZBusFixedPoint, complex_unstack
 
 
@@ -45,6 +45,9 @@ class PowerFlowResult:
     #: regulator tap positions [..., n_reg] each sample was solved at (per-sample taps through
     #: ``network.tap_bank``); None: the network's own taps
     taps: torch.Tensor | None = None
+    #: complex [..., n_I]: currents injected at the iteration nodes (pu), kept by float32
+    #: networks, whose branch currents are evaluated from them in complex128 (:mod:`.wide`)
+    i_iter_pu: torch.Tensor | None = None
     _branch_currents: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     @property
@@ -57,7 +60,10 @@ class PowerFlowResult:
         if self._branch_currents is None:
             shape = self.v_pu.shape[:-1]
             taps = None if self.taps is None else self.taps.reshape(-1, self.taps.shape[-1])
-            flat = zbus.terminal_currents_a(self.network, self.v_pu.reshape(-1, self.v_pu.shape[-1]), taps)
+            if self.i_iter_pu is not None:
+                flat = wide.terminal_currents_a(self.network, self.i_iter_pu.reshape(-1, self.i_iter_pu.shape[-1]), taps)
+            else:
+                flat = zbus.terminal_currents_a(self.network, self.v_pu.reshape(-1, self.v_pu.shape[-1]), taps)
             self._branch_currents = flat.reshape(tuple(shape) + (flat.shape[-1],))
         return self._branch_currents
 
@@ -148,7 +154,10 @@ def solve_power_flow(
     drawn = -(v_iter * i_iter.conj()).sum(-1) * s_base_kva  # loads + devices, kVA
     device = _device(p_pu, q_pu)
     device = device.sum(-1) * s_base_kva if device is not None else torch.zeros_like(drawn)
-    source = zbus.source_power_pu(net, v_all) * s_base_kva
+    if net.wide is None:
+        source = zbus.source_power_pu(net, v_all) * s_base_kva
+    else:  # float32: the source's stiff admittance needs the wide evaluation (.wide)
+        source = wide.source_power_pu(net, i_iter, tap_rows).to(v_all.dtype) * s_base_kva
     losses = source - drawn
     load = drawn - device
 
@@ -164,6 +173,7 @@ def solve_power_flow(
         converged=out(converged), iterations=out(iterations), residual_pu=out(residual),
         node_names=net.node_names, v_base_v=net.v_base_v, network=net,
         taps=None if taps is None else out(taps),
+        i_iter_pu=None if net.wide is None else out(i_iter),
     )
 
 
@@ -232,6 +242,9 @@ def combine_results(flows: list[PowerFlowResult], how: str,
             kwargs[name] = value
         elif name == "taps":
             kwargs[name] = join([f.taps for f in flows]) if one_network and all(with_taps) else None
+        elif name == "i_iter_pu":  # kept only where every part has it (float32 networks)
+            parts = [f.i_iter_pu for f in flows]
+            kwargs[name] = join(parts) if one_network and all(p is not None for p in parts) else None
         else:
             kwargs[name] = join([getattr(f, name) for f in flows])
     combined = PowerFlowResult(**kwargs)

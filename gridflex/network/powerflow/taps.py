@@ -77,6 +77,8 @@ class TapBranchGroup:
     cols: torch.Tensor  # long [m, c]: columns of the terminal-current layout
     nodes: torch.Tensor  # long [m, c]: terminal conductor nodes, ground = n
     dyprim_si: torch.Tensor  # complex [m, n_pos, c, c]: Yprim(position) - Yprim(base)
+    #: the same in complex128 on a float32 network (its currents, :mod:`.wide`), else None
+    dyprim_wide: torch.Tensor | None = None
 
 
 @dataclass
@@ -86,6 +88,7 @@ class TapRows:
     k: torch.Tensor  # complex [B, k, k]
     w_i: torch.Tensor  # complex [B, n_I]
     w_all: torch.Tensor  # complex [B, n]
+    w_all_wide: torch.Tensor  # complex128 [B, n]: the same before the cast to the network's dtype
 
 
 class TapBank:
@@ -182,6 +185,8 @@ class TapBank:
         self.z_ui_conj = wide(z_ui.conj())  # [k, n_I]
         self.z_nu_t = wide(z[:, u_nodes].T)  # [k, n]
         self.z_ni_t = cplx(z[:, iter_nodes].T)  # [n_I, n]
+        # a float32 network reports currents from its injection currents in complex128 (.wide)
+        self.z_ni_t_wide = wide(z[:, iter_nodes].T) if net.wide is not None else None
         self.iter_nodes = net.iter_nodes
 
         # regulator branch currents
@@ -199,14 +204,16 @@ class TapBank:
             self.branch_groups.append(TapBranchGroup(
                 long(regs), long(np.stack(cols)), long(np.stack([np.where(terminals[r] < 0, n, terminals[r])
                                                                   for r in regs])),
-                torch.as_tensor(table, dtype=net.w_i.dtype, device=net.device)))
+                torch.as_tensor(table, dtype=net.w_i.dtype, device=net.device),
+                wide(table) if net.wide is not None else None))
 
         radix = np.concatenate([[1], np.cumprod(sizes[:-1].astype(float))])
         fits = float(np.prod(sizes.astype(float))) < 2.0**62
         self._strides = radix.astype(np.int64) if fits else None
         self._index: dict = {}  # state key (see _keys) -> row of the tables
         self._k_table = torch.zeros((0, k, k), dtype=torch.complex128, device=net.device)
-        self._w_table = torch.zeros((0, n), dtype=net.w_i.dtype, device=net.device)
+        self._w_table = torch.zeros((0, n), dtype=torch.complex128, device=net.device)  # cast per use
+        self._dtype = net.w_i.dtype
 
     @property
     def n_regulators(self) -> int:
@@ -306,8 +313,9 @@ class TapBank:
         device = self._k_table.device
         slots = torch.as_tensor([self._index[key] for key in keys], device=device)
         row_slots = slots[torch.as_tensor(inverse.reshape(-1), device=device)]
-        w_all = self._w_table[row_slots]
-        return TapRows(self._k_table[row_slots], w_all[:, self.iter_nodes], w_all)
+        w_wide = self._w_table[row_slots]
+        w_all = w_wide.to(self._dtype)
+        return TapRows(self._k_table[row_slots], w_all[:, self.iter_nodes], w_all, w_wide)
 
 
 def build_tap_bank(net: ZBusNetwork, grid: Grid, tables: Sequence[RegulatorTable],

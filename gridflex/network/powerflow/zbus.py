@@ -56,6 +56,22 @@ class BranchCurrentGroup:
 
 
 @dataclass
+class WideNetwork:
+    """What a float32 network keeps in complex128 to report currents (:mod:`.wide`).
+
+    Shapes: n nodes, n_I iteration nodes, k source nodes; pu unless the name says so.
+    """
+
+    v_base_v: torch.Tensor  # float64 [n]: the base voltages (V; float32 rounding alone is 4 mV at 66 kV)
+    w_all: torch.Tensor  # complex128 [n]: no-load voltage, computed without the Norton current
+    z_ni_t: torch.Tensor  # complex128 [n_I, n]: Z_{:,I} transposed ([0, 0] on the sparse method)
+    z_si_t: torch.Tensor  # complex128 [n_I, k]: its source columns ([0, 0] on the sparse method)
+    source_y_pu: torch.Tensor  # complex128 [k, k]
+    source_emf_pu: torch.Tensor  # complex128 [k]
+    yprim_si: list[torch.Tensor]  # complex128 [k_g, c, c] per entry of ZBusNetwork.branch_groups
+
+
+@dataclass
 class ZBusNetwork:
     """Everything the fixed point needs, precomputed once per Grid and kept on one device.
 
@@ -115,6 +131,9 @@ class ZBusNetwork:
     #: nodes, and on large feeders the dense [n_loads, 2 (n_I + ...)] product costs more than a
     #: fixed-point iteration); None: the dense m_coef product
     m_coef_t_sparse: torch.Tensor | None = None
+    #: float32 networks: complex128 data for currents through stiff branches and the source
+    #: (:mod:`gridflex.network.powerflow.wide`); None in float64, where the plain path is exact
+    wide: WideNetwork | None = None
 
     @property
     def n_iter(self) -> int:
@@ -173,7 +192,9 @@ def build_network(
     once and the no-load voltage computed without the Vsource's large Norton current, both with
     long-double residuals (:func:`refined_inverse`, :func:`precise_no_load_voltage`): ~1e-12 pu
     instead of ~3e-9 pu on the IEEE feeders, at ~4x the (small) build cost. Off by default; the
-    per-sample tap bank always works this way.
+    per-sample tap bank always works this way, and so does every float32 network: it keeps Z, the
+    no-load voltage and the branch primitives in complex128 as well, to report currents through
+    stiff branches and the source from its injection currents (:mod:`.wide`).
 
     ``method``: ``"dense"`` (the n x n inverse) or ``"sparse"`` (one sparse LU of Y, products by
     triangular solves, :mod:`gridflex.network.powerflow.sparse`; its no-load voltage is always
@@ -196,7 +217,7 @@ def build_network(
             src, grid.source_y_si * np.outer(v_base[src], v_base[src]) / s_base_va,
             grid.source_emf_v / v_base[src])
         z_ni = z_ii = np.zeros((0, 0), dtype=complex)
-    elif precise:
+    elif precise or dtype == torch.float32:
         y_pu = grid.y_si * np.outer(v_base, v_base) / s_base_va
         z = refined_inverse(y_pu)
         w_all = precise_no_load_voltage(SourceSplit(grid, y_pu), z)
@@ -220,6 +241,19 @@ def build_network(
     boolean = lambda a: torch.as_tensor(np.asarray(a, dtype=bool), device=device)  # noqa: E731
 
     v_base_src = v_base[src]
+    source_y_pu = grid.source_y_si * np.outer(v_base_src, v_base_src) / s_base_va
+    wide = None
+    if dtype == torch.float32:
+        c128 = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.complex128, device=device)  # noqa: E731
+        wide = WideNetwork(
+            v_base_v=torch.as_tensor(v_base, dtype=torch.float64, device=device),
+            w_all=c128(w_all),
+            z_ni_t=c128(z_ni.T),
+            z_si_t=c128(z_ni[src].T) if sparse_z is None else c128(np.zeros((0, 0))),
+            source_y_pu=c128(source_y_pu),
+            source_emf_pu=c128(grid.source_emf_v / v_base_src),
+            yprim_si=[c128(yprim) for _, _, yprim in groups],
+        )
     return ZBusNetwork(
         grid_name=grid.name,
         node_names=list(grid.node_names),
@@ -256,7 +290,7 @@ def build_network(
         vlimits_rule=vlimits_rule,
         source_nodes=long(src),
         # pu Norton admittance and EMF so that i_pu = y_pu (e_pu - v_pu) at the source nodes
-        source_y_pu=cplx(grid.source_y_si * np.outer(v_base_src, v_base_src) / s_base_va),
+        source_y_pu=cplx(source_y_pu),
         source_emf_pu=cplx(grid.source_emf_v / v_base_src),
         branch_names=[b.name for b in grid.branches],
         branch_slices=slices,
@@ -268,6 +302,7 @@ def build_network(
         sparse_z=sparse_z,
         m_coef_t_sparse=None if sparse_z is None else real(
             np.stack([coef.real, coef.imag], axis=-1).reshape(coef.shape[0], -1).T.copy()).to_sparse(),
+        wide=wide,
     )
 
 
@@ -619,21 +654,33 @@ def terminal_currents_a(net: ZBusNetwork, v_all_pu: torch.Tensor, taps: torch.Te
     I = Yprim @ V_terminals per branch: one batched product per group of branches with the same
     conductor count, with the batch as the long matrix dimension (node-major layout). ``taps``
     (positions [B, n_reg] of ``net.tap_bank``): regulator branches use each row's primitive,
-    ``Yprim(base) + (Yprim(tap) - Yprim(base))``.
+    ``Yprim(base) + (Yprim(tap) - Yprim(base))``. (A float32 result reports its currents through
+    :func:`gridflex.network.powerflow.wide.terminal_currents_a` instead.)
     """
-    v_t = _with_ground(v_all_pu * net.v_base_v).T  # [n + 1, B]
-    parts = [torch.bmm(group.yprim_si, v_t[group.nodes]).flatten(0, 1) for group in net.branch_groups]
+    tap_tables = None if taps is None else [g.dyprim_si for g in net.tap_bank.branch_groups]
+    return primitive_currents_a(net, v_all_pu * net.v_base_v, [g.yprim_si for g in net.branch_groups],
+                                taps, tap_tables)
+
+
+def primitive_currents_a(net: ZBusNetwork, v_all_v: torch.Tensor, yprims: list[torch.Tensor],
+                         taps: torch.Tensor | None = None,
+                         tap_tables: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """The products of :func:`terminal_currents_a` on node voltages in volts ``v_all_v`` [B, n],
+    with the primitives ``yprims`` (one per branch group, S) and, with ``taps``, the regulator
+    tables ``tap_tables`` (one per tap-bank branch group), all in ``v_all_v``'s dtype."""
+    v_t = _with_ground(v_all_v).T  # [n + 1, B]
+    parts = [torch.bmm(yprim, v_t[group.nodes]).flatten(0, 1) for group, yprim in zip(net.branch_groups, yprims)]
     if not parts:
-        return v_all_pu.new_zeros((v_all_pu.shape[0], 0))
+        return v_all_v.new_zeros((v_all_v.shape[0], 0))
     out = torch.cat(parts, dim=0)[net.branch_perm].T
     if taps is None:
         return out
     bank = net.tap_bank
     v_rows = v_t.T  # [B, n + 1]
     taps = taps.to(bank._lo.device)
-    for group in bank.branch_groups:
+    for group, table in zip(bank.branch_groups, tap_tables):
         index = taps[:, group.reg] - bank._lo[group.reg]  # [B, m]
-        dy = group.dyprim_si[torch.arange(group.reg.numel(), device=index.device), index]  # [B, m, c, c]
+        dy = table[torch.arange(group.reg.numel(), device=index.device), index]  # [B, m, c, c]
         delta = (dy @ v_rows[:, group.nodes].unsqueeze(-1)).squeeze(-1)  # [B, m, c]
         out = out.index_add(1, group.cols.flatten(), delta.flatten(1))
     return out
