@@ -31,13 +31,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def build(scenario: Path, device: str, tap_treatment: str | None = None):
+def build(scenario: Path, device: str, tap_treatment: str | None = None, compile_steps: bool = False):
     from gridflex.plugins.registry import load_registry
     from gridflex.scenario import load_scenario
     from gridflex.runs.world import build_world
 
     pm, registry = load_registry()
     overrides = [f"device={device}"] + ([f"feeder.tap_treatment={tap_treatment}"] if tap_treatment else [])
+    overrides += ["environment.compile=true"] if compile_steps else []
     loaded = load_scenario(scenario, overrides, registry)
     return build_world(loaded, registry, pm, progress=print)
 
@@ -122,13 +123,17 @@ def main() -> None:
     parser.add_argument("--tap-treatment", nargs="+", default=[None], choices=["frozen", "settled", "regulated"],
                         help="tap treatments to measure (default: the scenario's own); the last row "
                         "gives each one's rollout + grad time over the first's")
+    parser.add_argument("--compile", action="store_true",
+                        help="environment.compile: device steps through torch.compile (the best of "
+                        "the repeats excludes the first call, which compiles)")
     args = parser.parse_args()
     results = {}
     for treatment in args.tap_treatment:
-        world = build(args.scenario, args.device, treatment)
+        world = build(args.scenario, args.device, treatment, args.compile)
         env = world.env
         print(f"# {world.loaded.config.name}: {env.n_agents} agents, {len(env.households)} households, "
               f"{env.grid.n_nodes} nodes; device {env.device}, {env.dtype}; taps {env.tap_treatment}; "
+              f"device steps {'compiled' if env.compiled else 'eager'}; "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"{platform.processor() or platform.machine()}", flush=True)
         for days in args.days:

@@ -1,4 +1,8 @@
-"""Implementations of the CLI sub-commands (kept apart from argument parsing)."""
+"""Implementations of the CLI sub-commands (kept apart from argument parsing).
+
+Size: one function (or a few) per sub-command, each its refusals in order before any work; they
+share the output-folder checks and the overlay helpers below.
+"""
 
 from __future__ import annotations
 
@@ -80,7 +84,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gridflex.runs.run import RESOLVED, check_resume, clear_run_outputs, existing_run_outputs, plan_run
+    """``gridflex run``. Under torchrun with several processes (docs/distributed.md) every rank
+    runs it with its own agents; rank 0 alone checks and writes the run folder."""
+    from gridflex.runs import launch
     from gridflex.runs.torch_device import check_device
 
     resume, force = getattr(args, "resume", False), getattr(args, "force", False)
@@ -92,7 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError("--resume needs --out RUN_DIR: the folder of the earlier run to continue "
                         "(it holds checkpoint.pt and scenario.resolved.yaml); e.g. gridflex run "
                         "SCENARIO --out runs/NAME/STAMP --resume")
-    if args.out is not None:
+    one_process = launch.torchrun_world_size() <= 1
+    if args.out is not None and one_process:
         check_output_dir(args.out, "--out")
     if args.device is not None:
         check_device(args.device)
@@ -104,6 +111,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides = _overlay_overrides(args.params, args.scenario, overrides, registry)
     loaded = load_scenario(args.scenario, overrides, registry)
     check_device(loaded.config.device, "the scenario's device")
+    ranks = launch.start(loaded, registry)  # None: one process
+    try:
+        checks = lambda: _run_folder(args, loaded, registry, resume, force, one_process)  # noqa: E731
+        out_dir = checks() if ranks is None else ranks.on_main(checks)
+        return _run(args, loaded, registry, pm, out_dir, resume, force, ranks)
+    finally:
+        launch.stop(ranks)
+
+
+def _run_folder(args: argparse.Namespace, loaded, registry, resume: bool, force: bool,
+                checked: bool) -> Path | None:
+    """The run folder's refusals (``checked``: --out already passed check_output_dir); the
+    folder to write, or ``None`` (no learner and no --out)."""
+    from gridflex.runs.run import RESOLVED, check_resume, existing_run_outputs
+
+    if args.out is not None and not checked:
+        check_output_dir(args.out, "--out")
     if resume:
         if loaded.config.learner is None or not registry.get("learner", loaded.config.learner.type).trains:
             what = "no learner" if loaded.config.learner is None else \
@@ -128,29 +152,37 @@ def cmd_run(args: argparse.Namespace) -> int:
             n += 1
             out_dir = base.with_name(f"{base.name}-{n}")
         check_output_dir(out_dir, "the default output folder (give --out DIR to choose another)")
-    plan = plan_run(loaded, registry, pm, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    return out_dir
+
+
+def _run(args: argparse.Namespace, loaded, registry, pm, out_dir: Path | None, resume: bool,
+         force: bool, ranks) -> int:
+    """Plan, train, evaluate and report (every rank; rank 0 writes)."""
+    from gridflex.runs.run import RESOLVED, clear_run_outputs, execute_run, existing_run_outputs, plan_run, results_table
+
+    writes = ranks is None or ranks.is_main
+    plan = plan_run(loaded, registry, pm, device=None if ranks is None else ranks.device,
+                    progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(plan.describe())
-    if force and args.out is not None:
+    if force and args.out is not None and writes:
         removed = clear_run_outputs(args.out)
         if removed:
             print(f"--force: removed the previous run's {', '.join(removed)} from {args.out}",
                   file=sys.stderr)
     if loaded.config.learner is None:
-        if args.out is not None:
+        if args.out is not None and writes:
             written = plan.write(args.out)
             print(f"wrote {', '.join(str(p) for p in written)}")
         return EXIT_OK
-    from gridflex.runs.run import execute_run, results_table
-
     created = not Path(out_dir).exists()
-    written = plan.write(out_dir)
+    written = plan.write(out_dir) if writes else []
     try:
         documents = execute_run(loaded, registry, pm, out_dir, plan.device, resume=resume,
-                                references=not args.no_references, world=plan.world).documents
+                                references=not args.no_references, world=plan.world, ranks=ranks).documents
     except UserError:
         # a mistake found while building the world (e.g. more devices than households) leaves no
         # half-written folder behind: only the plan had been written, and it is taken back
-        if not resume and not any(n not in (RESOLVED, "plan.txt") for n in existing_run_outputs(out_dir)):
+        if writes and not resume and not any(n not in (RESOLVED, "plan.txt") for n in existing_run_outputs(out_dir)):
             for path in written:
                 path.unlink(missing_ok=True)
             if created and not any(Path(out_dir).iterdir()):
@@ -166,10 +198,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(results_table(documents))
     where = f" (reference controllers in {out_dir}/baselines/)" if len(documents) > 1 else ""
     print(f"\nwrote {out_dir}/metrics.json{where}")
-    from gridflex.runs.report import write_plots
+    if writes:
+        from gridflex.runs.report import write_plots
 
-    plots = write_plots(out_dir)
-    print(f"plots: {', '.join(str(p) for p in plots)}")
+        plots = write_plots(out_dir)
+        print(f"plots: {', '.join(str(p) for p in plots)}")
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ difference (``deploy-sim``: the exported policies do not reproduce the run).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -280,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER
     except (UserError, PluginError) as exc:
         print(f"gridflex: error: {exc}", file=sys.stderr)
+        _let_rank_0_speak()
         return EXIT_USER
     except BrokenPipeError:  # output piped into e.g. `head`
         sys.stderr.close()
@@ -291,18 +293,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gridflex: error: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
     except Exception:  # noqa: BLE001 - a bug: show it
-        traceback.print_exc()
+        launch = sys.modules.get("gridflex.runs.launch")  # a quieted rank still shows its crash
+        stream = sys.stderr if launch is None else launch.error_stream()
+        traceback.print_exc(file=stream)
         print(
             "gridflex: internal error (a bug in gridflex or a plugin); please report it with the "
             "traceback above",
-            file=sys.stderr,
+            file=stream,
         )
         return EXIT_INTERNAL
+
+
+def _let_rank_0_speak() -> None:
+    """On a quieted rank of a torchrun launch (docs/distributed.md) every rank refuses bad input
+    alike; waiting a moment lets rank 0 print the paragraph before torchrun stops the others."""
+    launch = sys.modules.get("gridflex.runs.launch")
+    if launch is not None and launch.quieted():
+        import time
+
+        time.sleep(2.0)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     from gridflex.cli import commands, report
 
+    if args.command != "run" and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
+        from gridflex.runs.launch import refuse_other_commands  # torchrun: only `run` shards
+
+        refuse_other_commands(args.command)
     handler = {
         "run": commands.cmd_run,
         "compare": commands.cmd_compare,

@@ -11,6 +11,14 @@ same interface) then gives voltages, currents and source power for all days and 
 Modes: differentiable end to end through the closed loop (autograd through the controller,
 device dynamics and the implicit power-flow adjoint), with respect to open-loop policy outputs
 (:meth:`Environment.rollout` with ``u_fixed``), or gradient-free (``torch.no_grad()``).
+
+Sharded over processes (docs/distributed.md): ``fleets`` stay whole, ``acting_fleets`` are this
+process's agents (stepped here, acted for by controllers); their demand and trajectories are
+all-gathered, so the power flow and the :class:`Rollout` cover every agent, identically on every
+process. Unsharded, ``acting_fleets is fleets`` and ``shard is None``.
+
+Size: one rollout loop serves every mode (closed and open loop, step-wise power flow and tap
+control, compiled device steps, agents sharded over processes), so the modes stay one code path.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import torch
 
 from gridflex.plugins.contracts import DeviceModel, StepInputs
 from gridflex.learning.counters import WorkCounters
+from gridflex.learning.device_step import DeviceStep, compiled_device_step, device_step
 from gridflex.network.constraints import CurrentMonitor, VoltageMonitor
 from gridflex.network.feeder import Feeder
 from gridflex.fleet.population import HouseholdSites, Placement
@@ -124,14 +133,20 @@ class Environment:
         observe_voltage: bool = False,
         feeder: Feeder | None = None,
         tap_treatment: str = "frozen",
+        compile_steps: bool = False,
     ):
         self.grid = grid
         self.households = households
         self.fleets = fleets
+        self.acting_fleets = fleets  # this process's agents (module docstring)
+        self.shard = None  # gridflex.learning.distributed.AgentShard when sharded
         self.dt_h = dt_h
         self.device = device
         self.dtype = dtype
         self.observe_voltage = observe_voltage
+        #: device steps through torch.compile (scenario ``environment.compile``; .device_step)
+        self.compiled = compile_steps
+        self._device_steps: dict[int, DeviceStep] = {}  # id(model) -> its step function
         self.voltage_monitor = voltage_monitor
         self.injection_nodes = self._injection_nodes()
         self.solver = solver_factory(self.injection_nodes)
@@ -177,14 +192,14 @@ class Environment:
         self._load_map = load_map  # [H, L]: household kW -> spot load scale
         self._injection_index = torch.as_tensor(self.injection_nodes, device=self.device)
         self._fleet_maps = []
-        self._fleet_households = []
         for fleet in self.fleets:
             m = torch.zeros(fleet.n_agents, n_inj, **tensor)
             for i, nodes in enumerate(fleet.placement.nodes):
                 for n in nodes:
                     m[i, col[int(n)]] += 1.0 / len(nodes)
             self._fleet_maps.append(m)  # [N, n_inj]: agent demand -> node consumption
-            self._fleet_households.append(torch.as_tensor(fleet.placement.household, device=self.device))
+        self._fleet_households = [torch.as_tensor(f.placement.household, device=self.device)
+                                  for f in self.acting_fleets]
 
     @property
     def power_flow_solves(self) -> int:
@@ -235,7 +250,7 @@ class Environment:
 
     def observation(self, fleet_index: int, state: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
         """Local observation ``[B, N, obs_dim]``: common features, optional |V|, device features."""
-        model = self.fleets[fleet_index].model
+        model = self.acting_fleets[fleet_index].model
         b, n = inputs.household_kw.shape
         angle = 2 * math.pi * (inputs.hour_of_day + 0.5 * inputs.dt_h) / 24.0
         ones = torch.ones(b, n, device=self.device, dtype=self.dtype)
@@ -274,35 +289,40 @@ class Environment:
         b, steps = exo.batch, exo.steps
         if tap_controller is None and (regulate if regulate is not None else self.tap_treatment == "regulated"):
             tap_controller = self.new_tap_controller(b)
-        states = [f.model.initial_state(b, exo.temp_out_c[:, 0]) for f in self.fleets]
+        fleets, shard = self.acting_fleets, self.shard  # shard: docs/distributed.md
+        states = [f.model.initial_state(b, exo.temp_out_c[:, 0]) for f in fleets]
         first_states = list(states)
-        v_prev = [torch.ones(b, f.n_agents, device=self.device, dtype=self.dtype) for f in self.fleets]
-        record = [{k: [] for k in ("states", "u", "actions", "obs", "cost", "res", "p", "q")} for _ in self.fleets]
+        v_prev = [torch.ones(b, f.n_agents, device=self.device, dtype=self.dtype) for f in fleets]
+        record = [{k: [] for k in ("states", "u", "actions", "obs", "cost", "res", "p", "q")} for _ in fleets]
         p_inj, q_inj, flows, warm = [], [], [], None
         step_wise = self.observe_voltage or voltage_feedback or tap_controller is not None
         for t in range(steps):
             p_t = exo.pv_injection_kw[:, t]
             q_t = torch.zeros_like(p_t)
-            for f, fleet in enumerate(self.fleets):
+            for f, fleet in enumerate(fleets):
                 model, state = fleet.model, states[f]
                 inputs = self.step_inputs(exo, t, f, v_prev[f])
                 obs = self.observation(f, state, inputs)
                 u = u_fixed[f][:, t] if u_fixed is not None else controller(f, t, obs, state, inputs)
-                action = model.action(u, state, inputs)
-                nxt = model.step(state, action, inputs)
-                p_kw, q_kvar = model.demand(action, state)
+                action, nxt, p_kw, q_kvar, cost, residuals = self.device_step(model)(u, state, inputs)
                 rec = record[f]
                 rec["states"].append(state)
                 rec["u"].append(u)
                 rec["actions"].append(action)
                 rec["obs"].append(obs)
-                rec["cost"].append(model.cost(state, action, inputs))
-                rec["res"].append(model.residuals(state, action, nxt, inputs))
+                rec["cost"].append(cost)
+                rec["res"].append(residuals)
                 rec["p"].append(p_kw)
                 rec["q"].append(q_kvar)
-                p_t = p_t + p_kw @ self._fleet_maps[f]
-                q_t = q_t + q_kvar @ self._fleet_maps[f]
+                if shard is None:
+                    p_t = p_t + p_kw @ self._fleet_maps[f]
+                    q_t = q_t + q_kvar @ self._fleet_maps[f]
                 states[f] = nxt
+            if shard is not None:
+                if not step_wise:  # every agent's demand is gathered once, after the loop
+                    continue
+                demand = shard.gather_agents([(f, rec[k][-1], 1) for f, rec in enumerate(record) for k in "pq"])
+                p_t, q_t = self._add_demand(p_t, q_t, demand[0::2], demand[1::2])
             p_inj.append(p_t)
             q_inj.append(q_t)
             if step_wise:
@@ -314,6 +334,20 @@ class Environment:
                 warm = flow
                 flows.append(flow)
                 v_prev = self.agent_voltages(flow.vm_pu.detach())
+                if shard is not None:
+                    v_prev = [v[:, shard.own(f)] for f, v in enumerate(v_prev)]
+        trajectories = None  # unsharded: built after the solve, as always
+        if shard is not None:  # every agent's trajectory; non-step-wise, the injections from them
+            trajectories = shard.gather_trajectories([self._trajectory(fleet, record[f], first_states[f], states[f])
+                                                      for f, fleet in enumerate(fleets)])
+            p_steps = [tr.p_kw.unbind(1) for tr in trajectories] if not step_wise else []
+            q_steps = [tr.q_kvar.unbind(1) for tr in trajectories] if not step_wise else []
+            for t in range(0 if step_wise else steps):  # unbind: one backward node, not T selects
+                pv_t = exo.pv_injection_kw[:, t]
+                p_t, q_t = self._add_demand(pv_t, torch.zeros_like(pv_t), [p[t] for p in p_steps],
+                                            [q[t] for q in q_steps])
+                p_inj.append(p_t)
+                q_inj.append(q_t)
         p_all, q_all = torch.stack(p_inj, 1), torch.stack(q_inj, 1)
         taps = None
         if not step_wise:
@@ -330,23 +364,56 @@ class Environment:
                 # the control loop ran without autograd: solve every day-step once more at its
                 # settled taps, warm-started there, so the implicit adjoint reaches the injections
                 flow = self.solve_at_taps(exo.load_scale, p_all, q_all, taps, warm=flow.v_pu.detach())
-        trajectories = []
-        for f, fleet in enumerate(self.fleets):
-            rec = record[f]
-            trajectories.append(
-                FleetTrajectory(
-                    states=torch.stack(rec["states"] + [states[f]], 1),
-                    u=torch.stack(rec["u"], 1),
-                    actions=torch.stack(rec["actions"], 1),
-                    observations=torch.stack(rec["obs"], 1),
-                    cost=torch.stack(rec["cost"], 1),
-                    residuals=torch.stack(rec["res"], 1),
-                    terminal=fleet.model.terminal_residuals(first_states[f], states[f]),
-                    p_kw=torch.stack(rec["p"], 1),
-                    q_kvar=torch.stack(rec["q"], 1),
-                )
-            )
+        if trajectories is None:
+            trajectories = [self._trajectory(fleet, record[f], first_states[f], states[f])
+                            for f, fleet in enumerate(fleets)]
         return Rollout(exo, trajectories, p_all, q_all, flow, taps)
+
+    def device_step(self, model: DeviceModel) -> DeviceStep:
+        """``model``'s step function (action, dynamics, demand, cost, residuals), compiled when
+        :attr:`compiled`; built once per model."""
+        key = id(model)
+        if key not in self._device_steps:
+            self._device_steps[key] = (compiled_device_step(model, self.device) if self.compiled
+                                       else device_step(model))
+        return self._device_steps[key]
+
+    @staticmethod
+    def _trajectory(fleet: Fleet, rec: dict, first_state: torch.Tensor, last_state: torch.Tensor) -> FleetTrajectory:
+        return FleetTrajectory(
+            states=torch.stack(rec["states"] + [last_state], 1),
+            u=torch.stack(rec["u"], 1),
+            actions=torch.stack(rec["actions"], 1),
+            observations=torch.stack(rec["obs"], 1),
+            cost=torch.stack(rec["cost"], 1),
+            residuals=torch.stack(rec["res"], 1),
+            terminal=fleet.model.terminal_residuals(first_state, last_state),
+            p_kw=torch.stack(rec["p"], 1),
+            q_kvar=torch.stack(rec["q"], 1),
+        )
+
+    def _add_demand(self, p_t: torch.Tensor, q_t: torch.Tensor, p_kw: list[torch.Tensor],
+                    q_kvar: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``p_t [B, n_inj] + sum_f p_kw[f] [B, N_f] @ map_f`` (and ``q``), fleets in order."""
+        for f, fleet_map in enumerate(self._fleet_maps):
+            p_t = p_t + p_kw[f] @ fleet_map
+            q_t = q_t + q_kvar[f] @ fleet_map
+        return p_t, q_t
+
+    def own(self, fleet_index: int, x: torch.Tensor, dim: int = 2) -> torch.Tensor:
+        """This process's agents of fleet ``fleet_index`` in ``x`` (agents along ``dim``; ``x`` unsharded)."""
+        if self.shard is None:
+            return x
+        index = [slice(None)] * x.dim()
+        index[dim] = self.shard.own(fleet_index)
+        return x[tuple(index)]
+
+    def gather_fleets(self, xs: Sequence[torch.Tensor], dim: int = 2) -> list[torch.Tensor]:
+        """Per fleet, ``xs[f]`` (this process's agents along ``dim``) for all agents (an all-gather
+        when sharded, differentiable; ``list(xs)`` otherwise)."""
+        if self.shard is None:
+            return list(xs)
+        return self.shard.gather_agents([(f, x, dim) for f, x in enumerate(xs)])
 
     # ------------------------------------------------------------------ regulators
     def new_tap_controller(self, batch: int) -> TapController:

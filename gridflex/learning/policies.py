@@ -16,6 +16,7 @@ computed from agent ``i``'s own observations only (:class:`AgentNormaliser`).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -45,14 +46,20 @@ class AgentNormaliser(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64, device=device))
 
     @torch.no_grad()
-    def update(self, obs: torch.Tensor) -> None:
-        """Merge ``obs [..., N, k]`` (leading dims are samples) into the running statistics."""
-        x = obs.detach().to(self.mean.dtype).reshape(-1, *self.mean.shape)  # [M, N, k]
+    def update(self, obs: torch.Tensor, agents: slice | None = None) -> None:
+        """Merge ``obs [..., N, k]`` (leading dims are samples) into the running statistics.
+
+        ``agents``: ``obs`` holds a whole fleet and these statistics are its agents ``agents``
+        (a process's block of a sharded fleet, docs/distributed.md). The batch moments are then
+        computed over the whole fleet and sliced, so they are bitwise those of one process."""
+        x = obs.detach().to(self.mean.dtype).reshape(-1, *obs.shape[-2:])  # [M, N, k]
         m = x.shape[0]
         if m == 0:
             return
         batch_mean = x.mean(0)
         batch_var = x.var(0, unbiased=False)
+        if agents is not None:
+            batch_mean, batch_var = batch_mean[agents], batch_var[agents]
         n = float(self.count)
         total = n + m
         delta = batch_mean - self.mean
@@ -65,6 +72,61 @@ class AgentNormaliser(nn.Module):
         return z.clamp(-self.clip, self.clip)
 
 
+# ----------------------------------------------------------------------------- sharded blocks
+# A process that holds a block of a fleet (docs/distributed.md) must compute its agents' outputs
+# and gradients bitwise as one process does for the whole fleet. Two CPU kernels depend on the
+# agent count: an element-wise kernel computes the last few elements (in memory order) with a
+# scalar loop (for sigmoid, a scalar exp that can differ from the SIMD one by one ulp), and a
+# reduction over an outer dimension vectorises over the inner ones with a scalar remainder. The
+# block's sigmoid and its output-layer bias gradient (a sum over samples of a gradient laid out
+# day-major when the policy acts) are therefore evaluated on a zero-padded tensor laid out in
+# memory as the whole fleet's; every other per-agent operation is a batched GEMM, an element-wise
+# operation or a per-agent reduction whose result does not depend on the agent count.
+def _in_whole_layout(fn, x: torch.Tensor, agent_dim: int, start: int, total: int) -> torch.Tensor:
+    """``fn`` applied to ``x`` (agents ``start..start+n-1`` of ``total`` along ``agent_dim``)
+    zero-padded to the whole fleet with ``x``'s memory order, narrowed back to the block."""
+    order = sorted(range(x.dim()), key=lambda i: -x.stride(i))  # outermost first
+    xp = x.permute(order)  # contiguous for a dense x
+    dim, n = order.index(agent_dim), x.shape[agent_dim]
+    shape = list(xp.shape)
+    shape[dim] = total
+    whole = xp.new_zeros(shape)
+    whole.narrow(dim, start, n).copy_(xp)
+    return fn(whole.permute([order.index(i) for i in range(x.dim())])).narrow(agent_dim, start, n)
+
+
+class _WholeLayoutSigmoid(torch.autograd.Function):
+    """``sigmoid(logits)`` of a block, bitwise as on the whole fleet; the result has the strides
+    ``torch.sigmoid(logits)`` gives, and the backward is sigmoid's own, so gradients take the
+    layout they have in one process."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, agent_dim: int, start: int, total: int):  # noqa: D102
+        out = torch.empty_like(logits)
+        out.copy_(_in_whole_layout(torch.sigmoid, logits, agent_dim, start, total))
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.sigmoid_backward(grad, out), None, None, None
+
+
+class _WholeLayoutBias(torch.autograd.Function):
+    """A block's bias ``[N, 1, out]`` expanded over ``M`` samples for ``baddbmm``; its gradient is
+    the sum over samples (what autograd does for a broadcast bias) taken in the whole layout."""
+
+    @staticmethod
+    def forward(ctx, bias: torch.Tensor, samples: int, start: int, total: int):  # noqa: D102
+        ctx.block = (start, total)
+        return bias.expand(bias.shape[0], samples, bias.shape[2])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        return _in_whole_layout(lambda g: g.sum(1, keepdim=True), grad, 0, *ctx.block), None, None, None
+
+
 class StackedMLP(nn.Module):
     """``N`` independent MLPs ``in -> hidden... -> out`` as stacked weights.
 
@@ -72,7 +134,10 @@ class StackedMLP(nn.Module):
     ``x [..., N, in]`` to ``[..., N, out]`` (no output activation) with one ``baddbmm`` per layer.
     Initialisation: each agent's layers are drawn independently (orthogonal-like scaled normal);
     the last layer is scaled by ``out_scale`` so initial outputs are near the output bias.
+    ``whole = (start, N_whole)`` for a block of a sharded fleet (see above), else ``None``.
     """
+
+    whole: tuple[int, int] | None = None
 
     def __init__(self, n_agents: int, in_dim: int, out_dim: int, hidden: Sequence[int],
                  activation: str = "tanh", out_scale: float = 0.01,
@@ -101,7 +166,10 @@ class StackedMLP(nn.Module):
         """``[N, M, in] -> [N, M, out]`` (agent-major samples: no transposes on the hot path)."""
         n_layers = len(self.weights)
         for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b.unsqueeze(1), h, w)  # [N, M, fan_out]
+            bias = b.unsqueeze(1)
+            if layer == n_layers - 1 and self.whole is not None and h.device.type == "cpu":
+                bias = _WholeLayoutBias.apply(bias, h.shape[1], *self.whole)
+            h = torch.baddbmm(bias, h, w)  # [N, M, fan_out]
             if layer < n_layers - 1:
                 h = self.activation(h)
         return h
@@ -112,7 +180,12 @@ class FleetPolicy(nn.Module):
 
     ``forward(obs [..., N, k]) -> u [..., N, d]`` in ``(0, 1)``; computed in the policy dtype
     (float32 by default) and returned in the observation's dtype.
+
+    A block of a fleet sharded over processes (:meth:`select_agents`) knows its place in the
+    whole fleet (``whole = (start, N_whole)``) for :meth:`squash` and its output layer.
     """
+
+    whole: tuple[int, int] | None = None
 
     def __init__(self, n_agents: int, obs_dim: int, action_dim: int, hidden: Sequence[int],
                  activation: str = "tanh", out_scale: float = 0.01,
@@ -134,7 +207,33 @@ class FleetPolicy(nn.Module):
         return self.mlp.forward_agent_major(z.clamp(-norm.clip, norm.clip))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(obs)).to(obs.dtype)
+        return self.squash(self.logits(obs), agent_dim=-2).to(obs.dtype)
+
+    def squash(self, logits: torch.Tensor, agent_dim: int) -> torch.Tensor:
+        """``sigmoid(logits)`` (agents along ``agent_dim``). For a block of a sharded fleet on CPU
+        it is evaluated on a zero-padded tensor laid out in memory as the whole fleet's logits
+        would be (:class:`_WholeLayoutSigmoid`), so that every agent gets bitwise its output in
+        one process (docs/distributed.md); ``O(N_whole)`` elements per call."""
+        if self.whole is None or logits.device.type != "cpu":
+            return torch.sigmoid(logits)
+        return _WholeLayoutSigmoid.apply(logits, agent_dim % logits.dim(), *self.whole)
+
+    def select_agents(self, start: int, stop: int) -> FleetPolicy:
+        """A copy holding agents ``start <= i < stop`` only (their weights and observation
+        statistics; every per-agent tensor has the agent index as its leading dimension), with
+        ``whole = (start, N)`` for :meth:`squash`."""
+        part = copy.deepcopy(self)
+        with torch.no_grad():
+            for param in part.parameters():
+                param.data = param.data[start:stop].clone()
+            for module in part.modules():
+                for name, buf in module._buffers.items():
+                    if buf is not None and buf.dim():
+                        module._buffers[name] = buf[start:stop].clone()
+        base, total = self.whole or (0, self.n_agents)
+        part.whole = part.mlp.whole = (base + start, total)
+        part.n_agents = part.mlp.n_agents = stop - start
+        return part
 
 
 @dataclass(frozen=True)
@@ -164,12 +263,17 @@ class PolicySet(nn.ModuleList):
     def for_env(cls, env, hidden: Sequence[int], activation: str = "tanh",
                 out_scale: float = 0.01, seed: int = 0,
                 dtype: torch.dtype = torch.float32) -> PolicySet:
+        """Every fleet's policies, drawn fleet by fleet from one generator seeded ``seed``; on an
+        environment sharded over processes, this process's agents of them (all agents are drawn,
+        then selected, so an agent's initial weights do not depend on the number of processes)."""
         generator = torch.Generator().manual_seed(int(seed))
-        return cls(
-            FleetPolicy(f.n_agents, env.obs_dim(i), f.model.action_dim, hidden, activation,
-                        out_scale, generator, dtype, env.device)
-            for i, f in enumerate(env.fleets)
-        )
+        policies = (FleetPolicy(f.n_agents, env.obs_dim(i), f.model.action_dim, hidden, activation,
+                                out_scale, generator, dtype, env.device)
+                    for i, f in enumerate(env.fleets))
+        shard = getattr(env, "shard", None)
+        if shard is None:
+            return cls(policies)
+        return cls(p.select_agents(*shard.bounds(i)) for i, p in enumerate(policies))
 
 
 # ----------------------------------------------------------------------------- per-agent ops

@@ -77,9 +77,14 @@ class Target:
                 "note": self.note}
 
 
+#: left out of the key: which learner trains, and how the same functions are executed
+KEY_EXCLUDE = {"learner": True, "environment": {"compile"}}
+
+
 def targets_key(loaded: LoadedScenario) -> str:
-    """sha256 of the validated scenario without its ``learner`` section (see module docstring)."""
-    text = loaded.config.model_dump_json(exclude={"learner"})
+    """sha256 of the validated scenario without its ``learner`` section and its execution switch
+    ``environment.compile`` (see module docstring)."""
+    text = loaded.config.model_dump_json(exclude=KEY_EXCLUDE)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

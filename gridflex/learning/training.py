@@ -28,6 +28,14 @@ A learner that trains subclasses :class:`TrainableLearner` (its ``Config`` subcl
   ``select_best`` the learner ends in the state of its best validation point (target met at the
   lowest cost, else the lowest violation rate), saved as ``policy.pt``.
 * The ``gridflex_on_iteration(run, record)`` hook is called with each history row.
+* **Several processes** (agents sharded, docs/distributed.md): every rank runs this loop in
+  lockstep. The clock reading that decides validation and the end is the maximum over ranks, a
+  Ctrl-C on any rank stops all at the same iteration, and checkpoints gather every agent's state
+  (a collective) while rank 0 alone writes files and calls the hook; ``--resume`` reads the
+  checkpoint on rank 0 and broadcasts it.
+
+Size: the whole protocol (budget, clock, validation, history, checkpoints, resume, processes)
+lives in one loop so that its invariants can be read together.
 """
 
 from __future__ import annotations
@@ -173,6 +181,10 @@ class Trainer:
         self.resume = resume
         self.run_info = run_info
         self.rng = np.random.default_rng([seed, 0x747261696E])
+        shard = getattr(world.env, "shard", None)
+        #: the process group when agents are sharded over processes (else None); rank 0 writes
+        self.ranks = None if shard is None else shard.ranks
+        self.writes = self.ranks is None or self.ranks.is_main
         self._train_days = world.data.split("train")
         self._validation = validation_days_exogenous(world)
         cfg = world.loaded.config
@@ -207,8 +219,12 @@ class Trainer:
             return self._fit(learner, cfg, columns, history, offset_s, eval_s, eval_base, iteration, start,
                              interrupt)
 
+    def _on_main(self, fn):
+        """``fn()`` (rank 0's result on every rank when sharded over processes)."""
+        return fn() if self.ranks is None else self.ranks.on_main(fn)
+
     def _fit(self, learner, cfg, columns, history, offset_s, eval_s, eval_base, iteration, start, interrupt):
-        if self.resume and self.out_dir is not None and (self.out_dir / CHECKPOINT).exists():
+        if self.resume and self.out_dir is not None and self._on_main((self.out_dir / CHECKPOINT).exists):
             iteration, offset_s, eval_base, history = self._load_checkpoint(learner)
             eval_s = eval_base
             if self.progress:
@@ -218,7 +234,9 @@ class Trainer:
                 self.rng = np.random.default_rng([self.seed, 0x747261696E, iteration])
         else:
             learner.setup(self)
-        clock = lambda: offset_s + self.timer() - start - (eval_s - eval_base)  # noqa: E731
+        local_clock = lambda: offset_s + self.timer() - start - (eval_s - eval_base)  # noqa: E731
+        # what decides validation and the end: with several ranks, the latest rank's reading
+        clock = local_clock if self.ranks is None else (lambda: self.ranks.max(local_clock())[0])
         best_state, best_index, best_score = None, None, None
         resumed_at = None
         if history and self.resume:  # the checkpoint's own validation point: not validated twice
@@ -250,7 +268,7 @@ class Trainer:
                         best_state = copy.deepcopy(learner.state_dict())
                 self._save_checkpoint(learner, iteration, now, history,
                                       (best_index, None if best_index == len(history) - 1 else best_state))
-                if self.pm is not None:
+                if self.pm is not None and self.writes:  # several processes: rank 0's hook only
                     self.pm.hook.gridflex_on_iteration(run=self.run_info, record=dict(row))
                 eval_s += self.timer() - t_eval  # files and hook count as validation time
                 while next_val_s <= now:
@@ -261,21 +279,24 @@ class Trainer:
                              f"{row['val_cost_per_day']:.1f} EUR/day")
             if done:
                 break
-            if interrupt.requested:  # Ctrl-C: a consistent checkpoint at this iteration, then stop
+            requested = interrupt.requested if self.ranks is None else self.ranks.max(interrupt.requested)[0] > 0
+            if requested:  # Ctrl-C: a consistent checkpoint at this iteration, then stop
                 self._save_checkpoint(learner, iteration, clock(), history, (best_index, best_state))
                 raise TrainingInterrupted(self.out_dir and self.out_dir / CHECKPOINT, iteration)
             last_extras = learner.train_iteration(self)
             iteration += 1
             if bar is not None and bar._bar is not None:  # a terminal bar also moves between validations
-                bar._bar.n = min(self._done(cfg, iteration, clock()), bar.total)
+                bar._bar.n = min(self._done(cfg, iteration, local_clock()), bar.total)
                 bar._bar.refresh()
         if bar is not None:
-            bar.close(f"{iteration} iterations, {clock():.1f} s of training clock")
+            bar.close(f"{iteration} iterations, {local_clock():.1f} s of training clock")
         train_seconds = history[-1]["wall_s"]
         if cfg.select_best and best_state is not None:
             learner.load_state_dict(best_state)  # the work done stays counted in env.counters
         if self.out_dir is not None:
-            _atomic_save({"learner": learner.state_dict(), "history_index": best_index}, self.out_dir / POLICY)
+            policy = {"learner": learner.state_dict(), "history_index": best_index}  # every rank: gathers
+            if self.writes:
+                _atomic_save(policy, self.out_dir / POLICY)
         ttt = None
         if self.target is not None:
             from gridflex.learning.targets import time_to_target
@@ -315,7 +336,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ files
     def _write_history(self, history: list[dict], columns: tuple[str, ...]) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or not self.writes:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.out_dir / (HISTORY + ".tmp")
@@ -338,10 +359,12 @@ class Trainer:
                  "history": [dict(r) for r in history],
                  "rng": {"trainer": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
                  "best": {"index": best[0], "state": best[1]}}
-        _atomic_save(state, self.out_dir / CHECKPOINT)
+        if self.writes:
+            _atomic_save(state, self.out_dir / CHECKPOINT)
 
     def _load_checkpoint(self, learner):
-        state = read_checkpoint(self.out_dir / CHECKPOINT)
+        location = None if self.ranks is None else "cpu"
+        state = self._on_main(lambda: read_checkpoint(self.out_dir / CHECKPOINT, map_location=location))
         learner.load_state_dict(state["learner"])
         rng = state.get("rng")
         self._restored_rng = isinstance(rng, dict) and "trainer" in rng

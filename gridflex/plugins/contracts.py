@@ -3,11 +3,15 @@
 Every component has a class attribute ``name`` (the scenario's ``type``), ``kind`` and a nested
 pydantic model ``Config`` that validates its ``params`` (unknown keys rejected, units in field
 names). A component class documents each config field with a one-line ``description``.
+
+Size: every contract a plugin author implements is in this one module, its docstrings being the
+specification (shapes, units, what gridflex relies on); splitting it would scatter that reading.
 """
 
 from __future__ import annotations
 
 import abc
+import copy
 import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, get_args, get_origin
@@ -241,6 +245,25 @@ class DeviceModel(Component, abc.ABC):
         """
         return None
 
+    def select_agents(self, start: int, stop: int) -> DeviceModel:
+        """The fleet of agents ``start <= i < stop`` only (``stop - start`` agents, same
+        parameters), for a process that steps a contiguous block of the fleet
+        (docs/distributed.md). Agent ``i - start``'s outputs must equal agent ``i``'s in the
+        full fleet (checked by :class:`gridflex.testing.DeviceContract`).
+
+        Default: a shallow copy whose tensor attributes with leading dimension ``n_agents`` are
+        sliced (the per-agent parameters ``[N, ...]``); everything else is shared. A device that
+        keeps per-agent data in other containers, or a tensor whose leading dimension equals
+        ``n_agents`` without being per agent, overrides this.
+        """
+        part = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == self.n_agents:
+                setattr(part, name, value[start:stop])
+        part.n_agents = stop - start
+        return part
+
+
 @dataclass
 class ConvexFleet:
     """A fleet's day in convex form (cvxpy objects), for the centralised reference (docs/design.md §1).
@@ -371,7 +394,10 @@ class Learner(Component, abc.ABC):
       ``env.counters`` (:class:`~gridflex.learning.counters.WorkCounters`), which the learner
       increments;
     * :meth:`report`: a JSON-ready dict of what the learner wants recorded beside its metrics
-      (written to ``learner_extras.json``).
+      (written to ``learner_extras.json``);
+    * ``shards_agents``: :meth:`act` (and training) work when the environment is sharded over
+      processes (docs/distributed.md): ``obs``/``state`` then hold only this process's agents
+      of the fleet, whose models are ``env.acting_fleets``.
     """
 
     kind = "learner"
@@ -380,6 +406,8 @@ class Learner(Component, abc.ABC):
     #: the controller reads ``inputs.v_prev_pu`` (a local measurement), so the environment
     #: solves step by step even when agents do not observe their voltage
     voltage_feedback: ClassVar[bool] = False
+    #: works on an environment sharded over processes (``gridflex run`` under torchrun)
+    shards_agents: ClassVar[bool] = False
 
     def __init__(self, config: StrictConfig, env, *, seed: int = 0):
         self.config = config

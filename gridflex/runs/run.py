@@ -17,6 +17,7 @@ from gridflex.learning.targets import read_target, violation_only_line
 from gridflex.learning.training import CHECKPOINT, RunInfo, Trainer, TrainingResult, read_checkpoint
 from gridflex.progress import Progress
 from gridflex.runs.evaluate import evaluate, held_out_days, metrics_document, write_run_outputs
+from gridflex.runs.launch import shard_world
 from gridflex.runs.torch_device import resolve_device
 from gridflex.runs.world import World, build_world
 from gridflex.scenario import LoadedScenario
@@ -239,13 +240,15 @@ class RunResult:
 
 def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, device=None, *,
                 learner_seed: int | None = None, references: bool = True, progress: bool = True,
-                resume: bool = False, world: World | None = None) -> RunResult:
+                resume: bool = False, world: World | None = None, ranks=None) -> RunResult:
     """Build the world (unless ``world``, fresh from :func:`plan_run`, is given), run the
     scenario's learner (training if it ``trains``, with :class:`~gridflex.learning.training.Trainer`),
     evaluate it on the test days beside every ``baseline`` learner (unless ``references=False``),
     write ``out_dir`` and return the :class:`RunResult`. ``learner_seed`` (default: the scenario
     seed) seeds the learner only, so runs with different learner seeds share one world
-    (``gridflex compare``)."""
+    (``gridflex compare``). ``ranks`` (:class:`~gridflex.learning.distributed.Ranks`, under
+    torchrun): every rank calls this with the same world, steps its own agents
+    (:func:`~gridflex.runs.launch.shard_world`) and returns the same result; rank 0 writes."""
     cfg = loaded.config
     seed = cfg.seed if learner_seed is None else learner_seed
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
@@ -253,6 +256,9 @@ def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, d
         world = build_world(loaded, registry, pm, device, progress=say)
     elif any(world.env.counters.as_dict().values()):
         raise ValueError("execute_run needs a fresh world: this one has already counted training work")
+    writes = ranks is None or ranks.is_main
+    if ranks is not None:
+        world, progress = shard_world(world, ranks), progress and ranks.is_main
     days = held_out_days(world)
     regulated = cfg.environment.regulated_evaluation
     learner_cls = registry.get("learner", cfg.learner.type)
@@ -277,19 +283,28 @@ def execute_run(loaded: LoadedScenario, registry: Any, pm: Any, out_dir: Path, d
         document["training_iterations"] = result.iterations
         document["training_clock"] = learner.config.training_clock
         document["validation"] = result.history[-1] if result.best_index is None else result.history[result.best_index]
-    write_run_outputs(out_dir, world, document, evaluation)
+    if ranks is not None:  # provenance: one process's run has no such keys
+        document["processes"], document["process_backend"] = ranks.world_size, ranks.backend
+    if writes:
+        write_run_outputs(out_dir, world, document, evaluation)
     extras = learner.report()
-    if extras:  # e.g. a planner's per-day report (iterations, solve seconds, AC metrics per day)
+    if extras and writes:  # e.g. a planner's per-day report (iterations, solve seconds, AC metrics per day)
         (out_dir / "learner_extras.json").write_text(json.dumps(extras, indent=2, default=_json_scalar))
     documents = {cfg.learner.type: document}
     for name in baseline_names(registry) if references else ():
         if name == cfg.learner.type:
             continue
         ref_cls = registry.get("learner", name)
+        if ranks is not None and not ref_cls.shards_agents:
+            if progress:
+                print(f"baseline {name!r} skipped: it cannot act on agents sharded over processes "
+                      "(shards_agents is false)", file=sys.stderr, flush=True)
+            continue
         reference = ref_cls(ref_cls.Config(), world.env, seed=cfg.seed)
         ref_eval = _evaluate_with_progress(world, name, reference, days, regulated, progress)
         ref_doc = metrics_document(world, name, ref_eval, seeds=[cfg.seed])
-        write_run_outputs(out_dir / "baselines" / name, world, ref_doc, ref_eval)
+        if writes:
+            write_run_outputs(out_dir / "baselines" / name, world, ref_doc, ref_eval)
         documents[name] = ref_doc
     return RunResult(Path(out_dir), cfg.learner.type, documents, result)
 

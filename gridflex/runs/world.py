@@ -100,6 +100,7 @@ def build_world(loaded: LoadedScenario, registry: Any, pm: Any = None, device: t
             base_grid, solver_factory, households, fleets, voltage_monitor(feeder, base_grid),
             current_monitor_factory, dt_h=cfg.data.dt_h, device=device, dtype=dtype,
             observe_voltage=cfg.environment.observe_voltage, feeder=feeder, tap_treatment=treatment,
+            compile_steps=cfg.environment.compile,
         )
 
     treatment = cfg.feeder.tap_treatment

@@ -163,6 +163,11 @@ class EnvironmentSpec(StrictConfig):
     regulated_evaluation: bool = Field(
         True, description="also evaluate with a RegControl-like tap controller (metrics test_regulated)"
     )
+    compile: bool = Field(
+        False, description="compile each fleet's device step with torch.compile (CUDA graphs on CUDA "
+        "devices): the same function, fewer launches; tens of seconds of compilation per device type, "
+        "so it pays on long runs (docs/gradmap.md, Compiled device steps)"
+    )
 
 
 class Scenario(StrictConfig):

@@ -16,11 +16,15 @@ Every check runs on a fleet of ``n_agents`` agents built as gridflex builds it
 days (:func:`gridflex.testing.synthetic_day`) stepped with policy outputs ``u`` at the corners
 (all 0, all 1) and at random, so empty and full stores and cold and hot houses are visited. What
 each test checks is in its docstring; docs/plugins.md lists them.
+
+Size: one suite, one requirement of the device contract per test, so that a device author reads
+what gridflex relies on in one place.
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import pytest
@@ -343,6 +347,24 @@ class DeviceContract:
             for key, value in out.items():
                 assert torch.allclose(value[keep], base[key][keep], rtol=1e-12, atol=1e-12), \
                     f"{key} of other days changed when only day {day}'s inputs changed"
+
+    def test_select_agents_matches_the_full_fleet(self, fleet, visited):
+        """A contiguous block of the fleet (:meth:`~DeviceModel.select_agents`: what one process
+        of a sharded run steps, docs/distributed.md) gives its agents the full fleet's outputs."""
+        n = fleet.n_agents
+        a, b = (1, n - 1) if n > 2 else (0, 1)
+        part = fleet.select_agents(a, b)
+        assert type(part) is type(fleet) and part.n_agents == b - a, \
+            f"select_agents({a}, {b}) must return a {type(fleet).__name__} of {b - a} agents"
+        temp = visited[0][2].temp_out_c
+        assert torch.allclose(part.initial_state(temp.shape[0], temp), fleet.initial_state(temp.shape[0], temp)[:, a:b],
+                              rtol=1e-12, atol=1e-12), "initial_state of the selected agents differs"
+        for state, u, inputs in visited[:: max(1, len(visited) // 4)]:
+            own = replace(inputs, **{name: getattr(inputs, name)[:, a:b] for name in per_agent_fields()})
+            block = device_outputs(part, state[:, a:b], u[:, a:b], own)
+            for key, value in device_outputs(fleet, state, u, inputs).items():
+                assert torch.allclose(block[key], value[:, a:b], rtol=1e-12, atol=1e-12), \
+                    f"{key} of agents {a}..{b - 1} differs between select_agents({a}, {b}) and the full fleet"
 
     # ------------------------------------------------------------------ gradients
     def test_gradient_reaches_u(self, fleet, visited):

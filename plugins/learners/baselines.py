@@ -26,12 +26,13 @@ class _Baseline(Learner):
 
     controller_name: ClassVar[str]
     role: ClassVar[str] = "baseline"
+    shards_agents: ClassVar[bool] = True  # acts through this process's device models
 
     class Config(StrictConfig):
         """No parameters: device-specific settings live in each device's params."""
 
     def act(self, fleet_index: int, t: int, obs: torch.Tensor, state: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
-        model = self.env.fleets[fleet_index].model
+        model = self.env.acting_fleets[fleet_index].model
         return model.baseline_u(self.controller_name, state, inputs)
 
 

@@ -29,6 +29,12 @@ stays the AC solution's and validation still judges with ``ac3ph``.
 Counters: ``env_gradient_evaluations`` = backward passes through the environment (one per outer
 iteration); ``policy_updates`` = optimiser steps (GradMAP: ``E x minibatches`` per iteration, plus
 the warm start's behaviour-cloning steps).
+
+Sharded over processes (``shards_agents``; docs/distributed.md): each process holds its own
+agents' policies and Adam state (``env.acting_fleets``); rollouts return every agent's trajectory,
+so the Lagrangian, ``G``'s normalisation, the proximal targets and the duals are computed whole
+and identically on every process, and each process fits its own agents' slice. ``state_dict``
+gathers every agent (a checkpoint equals a single process's), ``load_state_dict`` takes the slice.
 """
 
 from __future__ import annotations
@@ -136,6 +142,7 @@ class _PolicyLearner(TrainableLearner):
 
     Config: ClassVar = PolicyLearnerConfig
     dual_ascent: ClassVar[bool] = True
+    shards_agents: ClassVar[bool] = True
     dual_columns: ClassVar[tuple[str, ...]] = tuple(
         f"dual_{f}_{k}" for f in FAMILIES for k in ("mean", "at_max"))
 
@@ -167,16 +174,15 @@ class _PolicyLearner(TrainableLearner):
     def setup(self, trainer: Trainer) -> None:
         """Observation statistics from a no-control rollout; behaviour-clone it (warm start)."""
         exo = trainer.sample_days(self.config.days_per_batch)
-        fleets = self.env.fleets
+        env, fleets = self.env, self.env.acting_fleets
         with torch.no_grad():
-            rollout = self.env.rollout(exo, lambda f, t, o, s, i: fleets[f].model.baseline_u("no_control", s, i))
-        obs = [traj.observations for traj in rollout.fleets]
-        for policy, o in zip(self.policies, obs):
-            policy.normaliser.update(o)
+            rollout = env.rollout(exo, lambda f, t, o, s, i: fleets[f].model.baseline_u("no_control", s, i))
+        self._update_statistics([traj.observations for traj in rollout.fleets])
+        obs = [env.own(f, traj.observations) for f, traj in enumerate(rollout.fleets)]
         if self.config.warm_start_epochs:
-            _, steps = fit_policies(list(self.policies), obs, [traj.u for traj in rollout.fleets],
+            _, steps = fit_policies(list(self.policies), obs, [env.own(f, tr.u) for f, tr in enumerate(rollout.fleets)],
                                     self.optimizer, self.config.warm_start_epochs, 2,
-                                    self.config.max_grad_norm, self.generator)
+                                    self.config.max_grad_norm, self.generator, self._gather)
             self.env.counters.policy_updates += steps
 
     def feasibility_term(self, trainer: Trainer) -> FeasibilityTerm | None:
@@ -194,9 +200,20 @@ class _PolicyLearner(TrainableLearner):
         return lagrangian(self.env, rollout, self.duals, trainer.v_limits_train_pu, trainer.line_limits,
                           cfg.voltage_scale_pu, cfg.local_scale, self.feasibility_term(trainer))
 
+    @property
+    def _gather(self):
+        """``AgentShard.gather_agents`` when sharded over processes, else ``None``."""
+        return None if self.env.shard is None else self.env.shard.gather_agents
+
+    def _update_statistics(self, observations: list[torch.Tensor]) -> None:
+        """Each agent's observation statistics from every fleet's observations ``[B, T, N_f, k]``
+        (all agents; sharded over processes, each process updates its own agents' statistics)."""
+        shard = self.env.shard
+        for f, (policy, obs) in enumerate(zip(self.policies, observations)):
+            policy.normaliser.update(obs, None if shard is None else shard.own(f))
+
     def _after_iteration(self, rollout, lag) -> None:
-        for policy, traj in zip(self.policies, rollout.fleets):
-            policy.normaliser.update(traj.observations)
+        self._update_statistics([traj.observations for traj in rollout.fleets])
         if self.dual_ascent:
             self.duals.ascend(lag.means, self.ascent)
 
@@ -204,17 +221,52 @@ class _PolicyLearner(TrainableLearner):
         return self.duals.summary()
 
     def dual_report(self) -> dict[str, float | None]:
-        """Per-family dual mean and share at ``lambda_max`` (:meth:`.lagrangian.Duals.family_report`)."""
+        """Per-family dual mean and share at ``lambda_max`` (:meth:`.lagrangian.Duals.family_report`).
+        Sharded over processes, first checks that every process holds bitwise the same duals."""
+        if self.env.shard is not None:
+            self.env.shard.ranks.check_identical(self.duals.tensors(), "the dual variables")
         return self.duals.family_report(self.config.lambda_max)
 
+    def _per_agent_slots(self, policies: dict, optimizer: dict) -> list[tuple[object, str | None, int]]:
+        """``(key, name, fleet)`` of every per-agent tensor (agent index leading) of the two state
+        dicts: ``policies[key]`` (``name`` None) or ``optimizer["state"][key][name]``."""
+        fleet_of_param = [f for f, p in enumerate(self.policies) for _ in p.parameters()]
+        slots = [(key, None, int(key.split(".", 1)[0])) for key, v in policies.items() if v.dim()]
+        return slots + [(index, name, fleet_of_param[index]) for index, st in optimizer["state"].items()
+                        for name, v in st.items() if torch.is_tensor(v) and v.dim()]
+
+    def _map_per_agent(self, policies: dict, optimizer: dict, fn) -> tuple[dict, dict]:
+        """Copies of the two state dicts with their per-agent tensors replaced by ``fn(tensors, fleets)``."""
+        slots = self._per_agent_slots(policies, optimizer)
+        values = [policies[k] if n is None else optimizer["state"][k][n] for k, n, _ in slots]
+        policies, state = dict(policies), {i: dict(st) for i, st in optimizer["state"].items()}
+        for (k, n, _), x in zip(slots, fn(values, [f for _, _, f in slots])):
+            if n is None:
+                policies[k] = x
+            else:
+                state[k][n] = x
+        return policies, {**optimizer, "state": state}
+
     def state_dict(self) -> dict:
-        return {"policies": self.policies.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "duals": self.duals.state_dict(),
+        """Policies, Adam state, duals and the minibatch generator; every agent's, also when
+        sharded over processes (gathered: every process must call it)."""
+        policies, optimizer = self.policies.state_dict(), self.optimizer.state_dict()
+        if self.env.shard is not None:
+            gather = self.env.shard.gather_agents
+            policies, optimizer = self._map_per_agent(
+                policies, optimizer, lambda xs, fs: gather([(f, x, 0) for x, f in zip(xs, fs)]))
+        return {"policies": policies, "optimizer": optimizer, "duals": self.duals.state_dict(),
                 "generator": self.generator.get_state()}  # minibatch permutations: resumes equal
 
     def load_state_dict(self, state: dict) -> None:
-        self.policies.load_state_dict(state["policies"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """A :meth:`state_dict` (every agent's); sharded over processes, this process's agents of it."""
+        policies, optimizer = state["policies"], state["optimizer"]
+        if self.env.shard is not None:
+            own = self.env.shard.own
+            policies, optimizer = self._map_per_agent(
+                policies, optimizer, lambda xs, fs: [x[own(f)].clone() for x, f in zip(xs, fs)])
+        self.policies.load_state_dict(policies)
+        self.optimizer.load_state_dict(optimizer)
         self.duals.load_state_dict(state["duals"])
         if "generator" in state:  # absent in checkpoints written before it was saved
             self.generator.set_state(state["generator"])
@@ -253,7 +305,7 @@ class GradMAP(_PolicyLearner):
 
     def environment_gradient(self, trainer: Trainer, exo):
         """Closed-loop rollout with the policies (no policy graph) and ``G = dL/du`` per fleet
-        ``[B, T, N, d]``; returns ``(rollout, lagrangian value, G)``."""
+        ``[B, T, N, d]`` (every agent's, also when sharded); returns ``(rollout, lagrangian value, G)``."""
         leaves: list[list[torch.Tensor]] = [[] for _ in self.env.fleets]
 
         def controller(f, t, obs, state, inputs):
@@ -268,7 +320,7 @@ class GradMAP(_PolicyLearner):
         flat = [u for per_fleet in leaves for u in per_fleet]
         grads = torch.autograd.grad(lag.value, flat, allow_unused=True, materialize_grads=True)
         steps = len(leaves[0])
-        g = [torch.stack(grads[f * steps:(f + 1) * steps], 1) for f in range(len(leaves))]
+        g = self.env.gather_fleets([torch.stack(grads[f * steps:(f + 1) * steps], 1) for f in range(len(leaves))])
         self.env.counters.env_gradient_evaluations += 1
         return rollout, lag, g
 
@@ -281,14 +333,16 @@ class GradMAP(_PolicyLearner):
         t0 = trainer.timer()
         rollout, lag, g = self.environment_gradient(trainer, exo)
         t1 = trainer.timer()
-        obs = [traj.observations.detach() for traj in rollout.fleets]
+        env = self.env  # sharded: G, u and the targets cover every agent; the fit, this process's
+        obs = [env.own(f, traj.observations.detach()) for f, traj in enumerate(rollout.fleets)]
         u = [traj.u.detach() for traj in rollout.fleets]
         g_hat = [normalise_gradient(g_f, cfg.grad_normalisation) for g_f in g]
         prox = proximal_targets(u, g_hat, cfg.eta, cfg.delta)
-        for policy, o in zip(self.policies, obs):  # statistics before the fit, from own observations
-            policy.normaliser.update(o)
-        fit_loss, steps = fit_policies(list(self.policies), obs, prox.targets, self.optimizer,
-                                       cfg.epochs, cfg.minibatches, cfg.max_grad_norm, self.generator)
+        self._update_statistics([traj.observations for traj in rollout.fleets])  # before the fit
+        targets = [env.own(f, y) for f, y in enumerate(prox.targets)]
+        fit_loss, steps = fit_policies(list(self.policies), obs, targets, self.optimizer, cfg.epochs,
+                                       cfg.minibatches, cfg.max_grad_norm, self.generator,
+                                       self._gather)
         self.env.counters.policy_updates += steps
         if self.dual_ascent and ascend:
             self.duals.ascend(lag.means, self.ascent)
@@ -352,12 +406,13 @@ class SSLPenalty(_PolicyLearner):
         rollout = self.env.rollout(exo, lambda f, t, o, s, i: self.policies[f](o))
         lag = self._lagrangian(trainer, rollout)
         self.optimizer.zero_grad(set_to_none=True)
-        lag.value.backward()
+        lag.value.backward()  # sharded: each process's policies get their own agents' gradient
         self.env.counters.env_gradient_evaluations += 1
         norms = [clip_grad_norm_per_agent_(p.mlp.parameters(), cfg.max_grad_norm) for p in self.policies]
         self.optimizer.step()
         self.env.counters.policy_updates += 1
         self._after_iteration(rollout, lag)
+        norms = self.env.gather_fleets(norms, dim=0)  # every agent's norm [N_f]
         grad_norm = float(torch.cat(norms).square().sum().sqrt())
         return {"lagrangian": float(lag.value.detach()), "train_cost_per_day": lag.cost_per_day,
                 "train_violation_rate": lag.train_violation_rate,

@@ -16,6 +16,7 @@ per layer over all agents of a fleet (``StackedMLP``), with a few large minibatc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -64,7 +65,7 @@ def proximal_targets(u: list[torch.Tensor], g: list[torch.Tensor], eta: float,
 
 def fit_policies(policies: list[FleetPolicy], observations: list[torch.Tensor], targets: list[torch.Tensor],
                  optimizer: torch.optim.Optimizer, epochs: int, minibatches: int, max_grad_norm: float,
-                 generator: torch.Generator) -> tuple[float, int]:
+                 generator: torch.Generator, gather: Gather | None = None) -> tuple[float, int]:
     """Regress each fleet's policies onto ``targets`` (``[B, T, N, d]``) from ``observations``
     (``[B, T, N, k]``) for ``epochs`` passes of ``minibatches`` minibatches over the ``B*T``
     samples (one permutation per epoch shared by all agents: it does not couple them).
@@ -72,7 +73,10 @@ def fit_policies(policies: list[FleetPolicy], observations: list[torch.Tensor], 
     Loss: per agent, mean over samples of the squared error summed over outputs; summed over
     agents and fleets (so each agent's gradient is its own). Per-agent gradient clipping, one
     optimiser step per minibatch. Returns the last epoch's mean loss per agent and the number of
-    optimiser steps.
+    optimiser steps. With agents sharded over processes (docs/distributed.md), ``policies`` are
+    this process's, every process draws the same permutations from its copy of ``generator``, and
+    ``gather`` (:meth:`~gridflex.learning.distributed.AgentShard.gather_agents`) collects the
+    last epoch's per-agent losses once, so the returned loss is bitwise one process's.
     """
     dtype = policies[0].normaliser.mean.dtype
     # agent-major, contiguous once: [N, S, k] and [N, S, d]; minibatches index dim 1
@@ -82,20 +86,45 @@ def fit_policies(policies: list[FleetPolicy], observations: list[torch.Tensor], 
     minibatches = max(1, min(minibatches, n_samples))
     n_agents = sum(p.n_agents for p in policies)
     steps, last = 0, 0.0
-    for _ in range(epochs):
+    recorded: list[tuple[int, list[torch.Tensor]]] = []  # last epoch: (samples, per-agent losses per fleet)
+    for epoch in range(epochs):
         perm = torch.randperm(n_samples, generator=generator).to(xs[0].device)
         epoch_loss = torch.zeros((), dtype=dtype, device=xs[0].device)
         for idx in perm.chunk(minibatches):
             optimizer.zero_grad(set_to_none=True)
-            loss = 0.0
+            loss, per_fleet = 0.0, []
             for policy, x, y in zip(policies, xs, ys):
-                pred = torch.sigmoid(policy.logits_agent_major(x[:, idx]))  # [N, m, d]
-                loss = loss + (pred - y[:, idx]).square().sum(-1).mean(1).sum()
+                pred = policy.squash(policy.logits_agent_major(x[:, idx]), agent_dim=0)  # [N, m, d]
+                per_agent = (pred - y[:, idx]).square().sum(-1).mean(1)  # [N]
+                per_fleet.append(per_agent.detach())
+                loss = loss + per_agent.sum()
             loss.backward()
             for policy in policies:
                 clip_grad_norm_per_agent_(policy.mlp.parameters(), max_grad_norm)
             optimizer.step()
             steps += 1
             epoch_loss += loss.detach() * (idx.numel() / n_samples)
+            if gather is not None and epoch == epochs - 1:
+                recorded.append((idx.numel(), per_fleet))
         last = float(epoch_loss) / n_agents
+    if gather is not None and recorded:
+        last = _whole_fleet_loss(recorded, gather, n_samples)
     return last, steps
+
+
+#: ``AgentShard.gather_agents``: ``[(fleet, this process's per-agent tensor, agent dim)]`` -> every agent's
+Gather = Callable[[list[tuple[int, torch.Tensor, int]]], list[torch.Tensor]]
+
+
+def _whole_fleet_loss(recorded: list[tuple[int, list[torch.Tensor]]], gather: Gather, n_samples: int) -> float:
+    """:func:`fit_policies`' last-epoch loss over every process's agents, summed in the order
+    one process sums it (from the per-agent losses ``[N_f]`` of each minibatch, gathered once)."""
+    full = gather([(f, a, 0) for _, per_fleet in recorded for f, a in enumerate(per_fleet)])
+    epoch_loss, k, n_agents = full[0].new_zeros(()), 0, 0
+    for m, per_fleet in recorded:
+        loss, n_agents = 0.0, 0
+        for whole in full[k:k + len(per_fleet)]:
+            loss, n_agents = loss + whole.sum(), n_agents + whole.numel()
+        k += len(per_fleet)
+        epoch_loss += loss * (m / n_samples)
+    return float(epoch_loss) / n_agents
