@@ -33,6 +33,8 @@ BUILTIN_FEEDERS: dict[str, str] = {
     "ieee34mod1": "ieee34/ieee34Mod1.dss",
     "ieee34mod2": "ieee34/ieee34Mod2.dss",
     "ieee123": "ieee123/IEEE123Master.dss",
+    # gridflex's master over upstream's unchanged 8500-node files (feeders/README.md)
+    "ieee8500": "ieee8500/IEEE8500Master.dss",
 }
 
 #: Per-line-code ampacity table, relative to :func:`shipped_feeders_dir`.

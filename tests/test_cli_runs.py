@@ -242,7 +242,7 @@ def test_world_build_mistake_leaves_no_half_written_folder(tmp_path, cli):
 
 def test_unknown_shipped_feeder_lists_the_shipped_ones(cli):
     code, _, err = cli("pf", "ieee124")
-    assert code == 2 and "shipped feeder by name: ieee13, ieee34mod1, ieee34mod2, ieee123" in err
+    assert code == 2 and "shipped feeder by name: ieee13, ieee34mod1, ieee34mod2, ieee123, ieee8500" in err
 
 
 def test_blocked_plugin_is_named_where_its_component_is_missing(cli, monkeypatch):

@@ -28,6 +28,7 @@ COUNTS = {
     "ieee34mod1": (37, 95, 32, 0, 68, 2, 8, 6),
     "ieee34mod2": (56, 138, 51, 0, 38, 2, 8, 6),
     "ieee123": (132, 278, 126, 8, 91, 4, 8, 7),
+    "ieee8500": (4876, 8531, 3698, 38, 1177, 10, 1190, 12),
 }
 IEEE123_OPENDSS_TAPS = {"reg1a": 6, "reg2a": 0, "reg3a": 2, "reg3c": 0, "reg4a": 10, "reg4b": 4, "reg4c": 6}
 NO_CACHES = shutil.ignore_patterns("*.feeder.json.gz")

@@ -60,6 +60,23 @@ def test_wheel_installs_and_runs_the_embedded_default(tmp_path):
         [str(gridflex), "validate", str(default)], capture_output=True, text=True, cwd=tmp_path, timeout=300
     )
     assert validated.returncode == 0, validated.stderr
+    # the IEEE 8500 scenario: its feeder ships (upstream files, gridflex's masters, caches) and
+    # loads from the committed caches on a machine without the engine and without a user cache
+    big = Path(where.splitlines()[1]).parent / "ieee8500_10000.yaml"
+    validated = subprocess.run(
+        [str(gridflex), "validate", str(big)], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert validated.returncode == 0, validated.stderr
+    blocked = ("import sys; sys.modules['dss'] = None\n"
+               "from gridflex.runs.feeder_cache import load_feeder\n"
+               "from gridflex.scenario import load_scenario\n"
+               "from gridflex.shipped import builtin_feeder_path\n"
+               f"print(len(load_feeder(load_scenario({str(big)!r}).feeder_path(), 'file').loads),\n"
+               "      len(load_feeder(builtin_feeder_path('ieee8500'), 'opendss').loads))")
+    loaded = subprocess.run([str(python), "-c", blocked], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == ["1177", "1177"]
     plugins = subprocess.run([str(gridflex), "plugins"], capture_output=True, text=True, cwd=tmp_path)
     assert "ac3ph" in plugins.stdout
     # the embedded default, shortened: one training iteration, one test day, no references
