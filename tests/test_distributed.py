@@ -193,7 +193,7 @@ def test_ranks_keep_their_gradient_slice_and_identical_duals(tmp_path):
     mp.start_processes(_rank_main, args=(world_size, port, str(tmp_path)), nprocs=world_size,
                        start_method="spawn", join=True)
     one = _experiments(tmp_path, None, 1, 0)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
     assert ranks[0]["bounds"] == [(0, 3), (0, 1)] and ranks[1]["bounds"] == [(3, 5), (1, 2)]
     for r, got in enumerate(ranks):
         # G = dL/du gathered whole on every rank, equal to one process's (not W times it)
