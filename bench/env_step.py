@@ -11,6 +11,7 @@ test. Examples::
     python bench/env_step.py                        # CPU, B = 8
     python bench/env_step.py --device cuda --days 8 32
     python bench/env_step.py --tap-treatment frozen regulated   # the regulated/frozen cost ratio
+    python bench/env_step.py --compile --sync-free 30   # compiled steps, power flow without host syncs
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def build(scenario: Path, device: str, tap_treatment: str | None = None, compile_steps: bool = False):
+def build(scenario: Path, device: str, tap_treatment: str | None = None, compile_steps: bool = False,
+          sync_free: int | None = None):
     from gridflex.plugins.registry import load_registry
     from gridflex.scenario import load_scenario
     from gridflex.runs.world import build_world
@@ -39,6 +41,9 @@ def build(scenario: Path, device: str, tap_treatment: str | None = None, compile
     pm, registry = load_registry()
     overrides = [f"device={device}"] + ([f"feeder.tap_treatment={tap_treatment}"] if tap_treatment else [])
     overrides += ["environment.compile=true"] if compile_steps else []
+    if sync_free:
+        overrides += ["solver.params.sync_free=true", f"solver.params.max_iter={sync_free}",
+                      f"solver.params.adjoint_max_iter={sync_free}"]
     loaded = load_scenario(scenario, overrides, registry)
     return build_world(loaded, registry, pm, progress=print)
 
@@ -126,14 +131,18 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="environment.compile: device steps through torch.compile (the best of "
                         "the repeats excludes the first call, which compiles)")
+    parser.add_argument("--sync-free", type=int, metavar="MAX_ITER", default=None,
+                        help="solver.params.sync_free with this max_iter and adjoint_max_iter: the power flow and its "
+                        "adjoint run exactly that many iterations without host synchronisation")
     args = parser.parse_args()
     results = {}
     for treatment in args.tap_treatment:
-        world = build(args.scenario, args.device, treatment, args.compile)
+        world = build(args.scenario, args.device, treatment, args.compile, args.sync_free)
         env = world.env
         print(f"# {world.loaded.config.name}: {env.n_agents} agents, {len(env.households)} households, "
               f"{env.grid.n_nodes} nodes; device {env.device}, {env.dtype}; taps {env.tap_treatment}; "
               f"device steps {'compiled' if env.compiled else 'eager'}; "
+              f"power flow {'sync-free, max_iter %d' % args.sync_free if args.sync_free else 'adaptive'}; "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"{platform.processor() or platform.machine()}", flush=True)
         for days in args.days:

@@ -31,6 +31,9 @@ echo "== environment step" | tee -a "$OUT/progress.txt"
 timeout 80 $PY bench/env_step.py --device "$DEVICE" --days $DAYS --repeats 2 >"$OUT/env_step.txt" 2>&1
 echo "== environment step, compiled device steps (CUDA graphs)" | tee -a "$OUT/progress.txt"
 timeout 240 $PY bench/env_step.py --device "$DEVICE" --days $DAYS --repeats 2 --compile >"$OUT/env_step_compiled.txt" 2>&1
+echo "== environment step, compiled device steps + sync-free power flow (30 iterations)" | tee -a "$OUT/progress.txt"
+timeout 240 $PY bench/env_step.py --device "$DEVICE" --days $DAYS --repeats 2 --compile --sync-free 30 \
+  >"$OUT/env_step_sync_free.txt" 2>&1
 
 echo "== GradMAP on IEEE 123, 1,000 agents" | tee -a "$OUT/progress.txt"
 timeout 150 $PY -m gridflex.cli.main run scenarios/ieee123_1000.yaml --device "$DEVICE" --no-references \

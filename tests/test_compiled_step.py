@@ -92,3 +92,34 @@ def test_compile_takes_a_boolean(tmp_path, cli, value):
                                  f"environment: {{regulated_evaluation: false, compile: {value!r}}}"))
     code, out, err = cli("validate", str(path))
     assert code == 2 and "compile" in err and "Traceback" not in err
+
+
+def test_compiled_acting_follows_the_policies_updates(tmp_path):
+    """GradMAP acts through ``env.acting`` (compiled with ``environment.compile``): the same
+    outputs as the eager policies, also after an in-place update of their parameters (no stale
+    weights baked into the compiled graph), and no recompilation for it."""
+    from gridflex.plugins.registry import load_registry
+
+    _, _, _, world = world_from_text(tmp_path, TEXT, name="acting", overrides=["environment.compile=true"])
+    _, registry = load_registry()
+    cls = registry.get("learner", "gradmap")
+    learner = cls(cls.Config.model_validate({}), world.env, seed=0)
+    exo = world.env.exogenous(world.data.split("train").get(np.arange(2)))
+    inputs = [world.env.step_inputs(exo, 7, f, torch.ones(2, fleet.n_agents, dtype=torch.float64))
+              for f, fleet in enumerate(world.env.fleets)]
+    obs = [world.env.observation(f, fleet.model.initial_state(2, exo.temp_out_c[:, 0]), inputs[f])
+           for f, fleet in enumerate(world.env.fleets)]
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    for update in range(2):
+        with torch.no_grad():
+            got = [learner.act(f, 7, o, None, None) for f, o in enumerate(obs)]
+            want = [policy(o) for policy, o in zip(learner.policies, obs)]
+            for a, b in zip(got, want):
+                assert torch.allclose(a, b, rtol=0, atol=1e-6)
+            for p in learner.policies.parameters():
+                p.add_(0.05 * torch.randn_like(p))  # what an optimiser step does
+        if update == 0:
+            frames = counters["frames"]["ok"]
+            assert frames >= len(obs), dict(counters["frames"])  # compiled for real
+    assert counters["frames"]["ok"] == frames  # the update reused the graphs

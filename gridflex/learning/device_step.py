@@ -13,7 +13,8 @@ more (validation batches, test days).
 
 The compiled step computes the same function as the eager one (tests/test_compiled_step.py:
 trajectories and gradients equal to 1e-10 in float64 on CPU). Compilation costs tens of seconds
-per device type on first use, so it pays on long runs, not on short ones.
+per device type on first use, so it pays on long runs, not on short ones. :func:`compile_for` is the
+one place that decides how (also for the policies' acting forward, :meth:`Environment.acting`).
 """
 
 from __future__ import annotations
@@ -47,19 +48,29 @@ def device_step(model: DeviceModel) -> DeviceStep:
 
 def compiled_device_step(model: DeviceModel, device: torch.device) -> DeviceStep:
     """:func:`device_step` through :func:`torch.compile` (CUDA graphs on CUDA devices)."""
+    return compile_for(device_step(model), device)
+
+
+def compile_for(fn: Callable[..., tuple[torch.Tensor, ...] | torch.Tensor], device: torch.device):
+    """``fn`` through :func:`torch.compile` for ``device``: inductor on CPU, CUDA graphs
+    (``mode="reduce-overhead"``) on CUDA with the outputs copied out of the graph's pool.
+
+    Used for the device steps and for the policies' acting forward (:meth:`Environment.acting`);
+    static shapes, one compiled variant per input shape and grad mode."""
     mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
     # every fleet's step shares one code object, and dynamo counts each (model, shape, grad mode)
     # against that code object's recompile limit (8 by default, then it silently runs eager):
     # three fleets x training, validation and test shapes x with and without autograd exceed it
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
-    compiled = torch.compile(device_step(model), dynamic=False, mode=mode)
+    graph = torch.compile(fn, dynamic=False, mode=mode)
     if mode is None:
-        return compiled
+        return graph
 
-    def step(u: torch.Tensor, state: torch.Tensor, inputs: StepInputs) -> tuple[torch.Tensor, ...]:
+    def replay(*args):
         # a CUDA graph's outputs live in its static pool and a later replay may overwrite them;
         # the rollout keeps every step's outputs for the whole day, so they are copied out
-        return tuple(t.clone() for t in compiled(u, state, inputs))
+        out = graph(*args)
+        return out.clone() if isinstance(out, torch.Tensor) else tuple(t.clone() for t in out)
 
-    return step
+    return replay

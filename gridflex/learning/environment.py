@@ -32,7 +32,7 @@ import torch
 
 from gridflex.plugins.contracts import DeviceModel, StepInputs
 from gridflex.learning.counters import WorkCounters
-from gridflex.learning.device_step import DeviceStep, compiled_device_step, device_step
+from gridflex.learning.device_step import DeviceStep, compile_for, compiled_device_step, device_step
 from gridflex.network.constraints import CurrentMonitor, VoltageMonitor
 from gridflex.network.feeder import Feeder
 from gridflex.fleet.population import HouseholdSites, Placement
@@ -147,6 +147,7 @@ class Environment:
         #: device steps through torch.compile (scenario ``environment.compile``; .device_step)
         self.compiled = compile_steps
         self._device_steps: dict[int, DeviceStep] = {}  # id(model) -> its step function
+        self._acting: dict[int, Callable] = {}  # id(policy) -> its acting forward
         self.voltage_monitor = voltage_monitor
         self.injection_nodes = self._injection_nodes()
         self.solver = solver_factory(self.injection_nodes)
@@ -377,6 +378,17 @@ class Environment:
             self._device_steps[key] = (compiled_device_step(model, self.device) if self.compiled
                                        else device_step(model))
         return self._device_steps[key]
+
+    def acting(self, policy: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``policy``'s forward for acting without autograd (observations ``[B, N, k]`` ->
+        ``u [B, N, d]``), compiled like the device steps when :attr:`compiled`; built once per
+        policy. Its parameters are read at each call, so in-place optimiser updates apply."""
+        if not self.compiled:
+            return policy
+        key = id(policy)
+        if key not in self._acting:
+            self._acting[key] = compile_for(policy, self.device)
+        return self._acting[key]
 
     @staticmethod
     def _trajectory(fleet: Fleet, rec: dict, first_state: torch.Tensor, last_state: torch.Tensor) -> FleetTrajectory:

@@ -17,8 +17,10 @@ sidecar JSON next to the scenario file, ``<scenario folder>/<scenario name>.targ
 
 **Key.** ``scenario_sha256`` is :func:`targets_key`: the sha256 of the validated scenario with its
 ``learner`` section removed (canonical JSON), because the reference costs do not depend on which
-learner a run trains, and ``gridflex compare`` swaps the learner while keeping the world. A sidecar
-whose key does not match is ignored (stale), and the run says so.
+learner a run trains, and ``gridflex compare`` swaps the learner while keeping the world. Execution
+switches that change how, not what, is computed are left out too: ``environment.compile`` and the
+solvers' ``sync_free`` (same answers, tested). A sidecar whose key does not match is ignored
+(stale), and the run says so.
 
 **Lookup** (:func:`read_target`; the rule is in docs/gradmap.md, "Target sidecar"): first the
 sidecar beside the scenario; when it is missing or its key does not match, every shipped
@@ -78,12 +80,13 @@ class Target:
 
 
 #: left out of the key: which learner trains, and how the same functions are executed
-KEY_EXCLUDE = {"learner": True, "environment": {"compile"}}
+KEY_EXCLUDE = {"learner": True, "environment": {"compile"},
+               "solver": {"params": {"sync_free"}}, "evaluation_solver": {"params": {"sync_free"}}}
 
 
 def targets_key(loaded: LoadedScenario) -> str:
-    """sha256 of the validated scenario without its ``learner`` section and its execution switch
-    ``environment.compile`` (see module docstring)."""
+    """sha256 of the validated scenario without its ``learner`` section and its execution switches
+    ``environment.compile`` and the solvers' ``sync_free`` (see module docstring)."""
     text = loaded.config.model_dump_json(exclude=KEY_EXCLUDE)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -284,6 +284,7 @@ class Trainer:
                 self._save_checkpoint(learner, iteration, clock(), history, (best_index, best_state))
                 raise TrainingInterrupted(self.out_dir and self.out_dir / CHECKPOINT, iteration)
             last_extras = learner.train_iteration(self)
+            self._flush_solver_reports()
             iteration += 1
             if bar is not None and bar._bar is not None:  # a terminal bar also moves between validations
                 bar._bar.n = min(self._done(cfg, iteration, local_clock()), bar.total)
@@ -307,6 +308,13 @@ class Trainer:
         if self.progress:
             print("\n".join(result.report), file=sys.stderr, flush=True)
         return result
+
+    def _flush_solver_reports(self) -> None:
+        """Read what a sync-free training solver deferred (one synchronisation an iteration, after
+        it): its adjoint warnings then reach the user within the iteration that caused them."""
+        report = getattr(self.env.solver, "adjoint_report", None)
+        if report is not None:
+            report.flush()
 
     def _progress_bar(self, cfg) -> Progress | None:
         """A bar on a terminal (kept when done), one line per validation point in a log."""

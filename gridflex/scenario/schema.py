@@ -164,9 +164,10 @@ class EnvironmentSpec(StrictConfig):
         True, description="also evaluate with a RegControl-like tap controller (metrics test_regulated)"
     )
     compile: bool = Field(
-        False, description="compile each fleet's device step with torch.compile (CUDA graphs on CUDA "
-        "devices): the same function, fewer launches; tens of seconds of compilation per device type, "
-        "so it pays on long runs (docs/gradmap.md, Compiled device steps)"
+        False, description="compile each fleet's device step and the policies' acting forward with "
+        "torch.compile (CUDA graphs on CUDA devices): the same function, fewer launches; tens of seconds "
+        "of compilation per device type, so it pays on long runs (docs/gradmap.md, Compiled device "
+        "steps; with the solver's sync_free: true a rollout never waits for the host)"
     )
 
 

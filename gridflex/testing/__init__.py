@@ -16,7 +16,9 @@ every check of the contract on it::
   agreement with ``ac3ph`` on the shipped IEEE 13 feeder, gradients w.r.t. ``p_kw``;
 * :class:`LearnerContract` (:mod:`gridflex.testing.learners`): construction on a tiny world built
   from the shipped ``ieee13_small`` scenario, ``act`` shapes and range, decentralisation, a tiny
-  training budget.
+  training budget;
+* :class:`HostSyncs` (:mod:`gridflex.testing.host_sync`): records the operations that would make
+  a GPU wait for the host, on a CPU too (for code meant to run captured, e.g. a device step).
 
 The package is also a pytest plugin (entry point ``gridflex`` in group ``pytest11``,
 :mod:`gridflex.testing.pytest_plugin`) that adds the fixtures ``gridflex_registry`` and
@@ -30,6 +32,7 @@ import importlib
 #: pytest plugin (this package's submodule, loaded in every pytest session) stays light
 _EXPORTS = {
     "synthetic_day": "gridflex.testing._common",
+    "HostSyncs": "gridflex.testing.host_sync",
     "CONTROLLERS": "gridflex.testing.devices",
     "DEMAND_SIGNS": "gridflex.testing.devices",
     "DeviceContract": "gridflex.testing.devices",

@@ -49,6 +49,7 @@ class AC3PhSolver(NetworkSolver):
         adjoint_tol: float | None = Field(None, gt=0, description="adjoint convergence tolerance, relative to the upstream gradient's max; None: 1e-8 in float64, 1e-5 in float32")
         adjoint_max_iter: int = Field(200, ge=1, description="iteration cap of the adjoint fixed point")
         chunk_rows: int | None = Field(None, ge=1, description="solve in row chunks of this size; None = 2048 on CPU (cache-sized; 32 with the sparse method), unchunked on GPU")
+        sync_free: bool = Field(False, description="run exactly max_iter forward and adjoint_max_iter adjoint iterations on every sample with the convergence flags kept on the device: no host synchronisation, so a GPU can record the solve as a CUDA graph (docs/network.md, Sync-free solves). Same results as the adaptive schedule, more work where samples converge early: pair it with a smaller max_iter, e.g. 30")
         method: Literal["auto", "dense", "sparse"] = Field("auto", description="Z-bus products: dense (the n x n inverse, fastest on small feeders and GPUs), sparse (one sparse LU of Y, triangular solves per iteration, CPU; for large feeders), auto: sparse on CPU above 5000 nodes, else dense. Per-sample regulator taps (enable_taps) run dense: sparse falls back with a warning")
 
         @model_validator(mode="before")
@@ -78,6 +79,7 @@ class AC3PhSolver(NetworkSolver):
             anderson_start=self.config.anderson_start,
             adjoint_tol=self.config.adjoint_tol or _DEFAULT_TOL[self.dtype][1], adjoint_max_iter=self.config.adjoint_max_iter,
             chunk_rows=self.config.chunk_rows or self._default_chunk_rows(),
+            sync_free=self.config.sync_free,
         )
         self.adjoint_report = AdjointReport()
 

@@ -3,6 +3,19 @@
 Generic numerics: the map, its parameters and the scaling come from the caller
 (:func:`gridflex.network.powerflow.zbus.solve_fixed_point` and its adjoint). Converged rows leave
 the working set; rows that fail keep a finite fallback and are reported, never hidden.
+
+Two schedules compute the same per-row sequence of iterates:
+
+- adaptive (default): converged and failed rows leave the working set and the loop stops when no
+  row is left. Least work, but every iteration asks the host whether any row finished.
+- sync-free (``sync_free=True``): exactly ``max_iter`` iterations over every row; a row that
+  finishes is frozen by ``torch.where`` and its flags are set on the device. No operation reads a
+  tensor's value on the host (no ``.item()``, no boolean indexing), so the loop can be recorded
+  as a CUDA graph or compiled whole, at the price of iterating finished rows to ``max_iter``.
+
+Each row's iterates depend on that row alone (the Anderson history, its least-squares problem and
+its ridge are per row), so both schedules return the same solution, flags and iteration counts
+(tests/test_sync_free.py checks it to 1e-12).
 """
 
 from __future__ import annotations
@@ -18,7 +31,7 @@ class FixedPointResult:
     x: torch.Tensor  # [B, d] solution (the last map value) or a finite fallback
     converged: torch.Tensor  # bool [B]
     iterations: torch.Tensor  # int [B]: map evaluations until convergence (max_iter if not)
-    residual: torch.Tensor  # real [B]: max |G(x) - x| at the last evaluation (scaled if asked)
+    residual: torch.Tensor  # real [B]: max |G(x) - x| at the last evaluation (inf if it diverged)
 
 
 def _solve_spd_small(h: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -55,6 +68,7 @@ def anderson_fixed_point(
     scale: torch.Tensor | None = None,
     divergence: float = 1e3,
     regularization: float = 1e-10,
+    sync_free: bool = False,
 ) -> FixedPointResult:
     """Solve x = step(x, params) row by row (complex [B, d]) with Anderson acceleration.
 
@@ -64,8 +78,13 @@ def anderson_fixed_point(
     The first ``start - 1`` iterations are plain (Picard): most rows converge there and Anderson's
     bookkeeping (~3x the memory traffic of a plain step) is paid only by the slow tail.
     ``memory = 0`` is plain throughout. Non-converged rows return their last finite iterate,
-    else ``x0``: never NaN.
+    else ``x0``: never NaN. ``sync_free``: the schedule without host synchronisation (module
+    docstring), same results.
     """
+    if sync_free:
+        return _sync_free_fixed_point(step, x0, params, tol=tol, max_iter=max_iter, memory=memory,
+                                      start=start, scale=scale, divergence=divergence,
+                                      regularization=regularization)
     batch = x0.shape[0]
     device = x0.device
     x_out = x0.clone()
@@ -119,6 +138,60 @@ def anderson_fixed_point(
             n_hist += 1
         f_prev, g_prev = f, g
         x = g if d_f is None else _anderson_update(f, g, d_f, d_g, regularization)
+    return FixedPointResult(x_out, converged, iterations, residual)
+
+
+def _sync_free_fixed_point(step, x0, params, *, tol, max_iter, memory, start, scale, divergence,
+                           regularization) -> FixedPointResult:
+    """:func:`anderson_fixed_point` on every row for exactly ``max_iter`` iterations, finished
+    rows frozen by masks: the same per-row iterates, outputs and flags, no host synchronisation."""
+    batch = x0.shape[0]
+    device, real = x0.device, x0.real.dtype
+    x_out = x0.clone()
+    converged = torch.zeros(batch, dtype=torch.bool, device=device)
+    iterations = torch.full((batch,), max_iter, dtype=torch.long, device=device)
+    residual = torch.full((batch,), float("inf"), dtype=real, device=device)
+    if batch == 0:
+        return FixedPointResult(x_out, converged, iterations, residual)
+    tol_rows = torch.full((batch,), tol, dtype=real, device=device) if scale is None else tol * scale
+    inf = torch.full_like(residual, float("inf"))
+    start = max(int(start), 1)
+    active = torch.ones(batch, dtype=torch.bool, device=device)
+    x = x0
+    d_f = d_g = f_prev = g_prev = None
+    n_hist = 0
+    for k in range(1, max_iter + 1):
+        g = step(x, params)
+        f = g - x
+        res = torch.linalg.vector_norm(f, ord=float("inf"), dim=-1)
+        done = res <= tol_rows
+        bad = ~torch.isfinite(res) | (res > divergence)
+        finishing = active & (done | bad) if k < max_iter else active
+        fallback = torch.where(torch.isfinite(x).all(-1, keepdim=True), x, x0)
+        x_out = torch.where(finishing.unsqueeze(-1), torch.where(bad.unsqueeze(-1), fallback, g), x_out)
+        ok = finishing & done & ~bad
+        converged = converged | ok
+        iterations = torch.where(ok, k, iterations)
+        residual = torch.where(finishing, torch.where(bad, inf, res), residual)
+        active = active & ~finishing
+        if k == max_iter:
+            break
+        # finished rows go on iterating from their output (finite, never read again): each row's
+        # iterates depend on that row alone, so the live rows' sequence is the adaptive one
+        if memory == 0 or k < start - 1:
+            x = torch.where(active.unsqueeze(-1), g, x_out)
+            continue
+        if f_prev is not None:
+            if d_f is None:
+                d_f = x.new_zeros((batch, memory, x.shape[1]))
+                d_g = torch.zeros_like(d_f)
+            slot = n_hist % memory
+            d_f[:, slot] = f - f_prev
+            d_g[:, slot] = g - g_prev
+            n_hist += 1
+        f_prev, g_prev = f, g
+        x_next = g if d_f is None else _anderson_update(f, g, d_f, d_g, regularization)
+        x = torch.where(active.unsqueeze(-1), x_next, x_out)
     return FixedPointResult(x_out, converged, iterations, residual)
 
 

@@ -31,26 +31,57 @@ class SolveOptions:
     adjoint_tol: float = 1e-8  # relative to max|g_bar| per sample
     adjoint_max_iter: int = 200
     chunk_rows: int | None = None  # solve in row chunks of this size (cache-sized on CPUs)
+    #: exactly max_iter (adjoint: adjoint_max_iter) iterations on every row, flags kept on the
+    #: device and the adjoint's report deferred: no host synchronisation (.anderson); same results
+    sync_free: bool = False
 
 
 @dataclass
 class AdjointReport:
-    """Filled by each backward pass: how the adjoint fixed point went (rows = flattened batch)."""
+    """Filled by each backward pass: how the adjoint fixed point went (rows = flattened batch).
+
+    A sync-free solve only keeps its result's tensors (reading their values would synchronise
+    with the host); :meth:`flush` turns what was kept into :attr:`history` entries and warns about
+    rows whose adjoint did not converge. Reading :attr:`history` flushes, and the trainer flushes
+    after every iteration, so a failure is reported one iteration late at most, never dropped.
+    """
 
     converged: torch.Tensor | None = None
     iterations: torch.Tensor | None = None
     residual: torch.Tensor | None = None  # relative to max|g_bar| per row
-    history: list[dict] = field(default_factory=list)
+    _history: list[dict] = field(default_factory=list)
+    _pending: list[tuple[zbus.FixedPointResult, torch.Tensor]] = field(default_factory=list)
 
-    def record(self, result: zbus.FixedPointResult, rows: torch.Tensor) -> None:
+    @property
+    def history(self) -> list[dict]:
+        """The last 16 backward passes: rows, converged, max_iterations, max_residual."""
+        self.flush()
+        return self._history
+
+    def record(self, result: zbus.FixedPointResult, rows: torch.Tensor, *, defer: bool = False) -> None:
+        """Record one backward pass over ``rows`` (bool [B]: the rows that pass a gradient);
+        ``defer``: keep the tensors for :meth:`flush` instead of reading them now."""
         self.converged, self.iterations, self.residual = result.converged, result.iterations, result.residual
-        self.history.append({
-            "rows": int(rows.sum()),
-            "converged": int(result.converged.sum()),
-            "max_iterations": int(result.iterations.max()) if result.iterations.numel() else 0,
-            "max_residual": float(result.residual.max()) if result.residual.numel() else 0.0,
-        })
-        del self.history[:-16]
+        self._pending.append((result, rows))
+        if not defer:
+            self.flush(stacklevel=5)
+
+    def flush(self, stacklevel: int = 2) -> None:
+        """Read what was recorded (one synchronisation) and warn about unconverged adjoint rows."""
+        pending, self._pending = self._pending, []
+        for result, rows in pending:
+            self._history.append({
+                "rows": int(rows.sum()),
+                "converged": int(result.converged.sum()),
+                "max_iterations": int(result.iterations.max()) if result.iterations.numel() else 0,
+                "max_residual": float(result.residual.max()) if result.residual.numel() else 0.0,
+            })
+            failed = int((~result.converged & rows).sum())
+            if failed:
+                warnings.warn(f"power-flow adjoint did not converge for {failed} sample(s); their "
+                              "gradients are inaccurate (see the solver's adjoint_report)",
+                              RuntimeWarning, stacklevel=stacklevel)
+        del self._history[:-16]
 
 
 def real_stack(v: torch.Tensor) -> torch.Tensor:
@@ -90,7 +121,7 @@ class ZBusFixedPoint(torch.autograd.Function):
         c = zbus.injection_coefficients(net, batch, load_scale, _device_power(p_pu, q_pu))
         fp = zbus.solve_fixed_point(net, c, v0, tol=options.tol_pu, max_iter=options.max_iter,
                                     memory=options.anderson_m, start=options.anderson_start,
-                                    chunk_rows=options.chunk_rows, taps=taps)
+                                    chunk_rows=options.chunk_rows, taps=taps, sync_free=options.sync_free)
         ctx.net, ctx.options, ctx.batch, ctx.report = net, options, batch, report
         ctx.k_conj = None if taps is None else taps.k.conj()
         ctx.has = (p_pu is not None, q_pu is not None, load_scale is not None)
@@ -110,8 +141,8 @@ class ZBusFixedPoint(torch.autograd.Function):
         adjoint = zbus.solve_adjoint(net, v, c, g_bar, tol=adjoint_tol,
                                      max_iter=options.adjoint_max_iter, memory=options.anderson_m,
                                      start=options.anderson_start, chunk_rows=options.chunk_rows,
-                                     k_conj=ctx.k_conj)
-        _check_adjoint(adjoint, ctx.report, converged)
+                                     k_conj=ctx.k_conj, sync_free=options.sync_free)
+        _check_adjoint(adjoint, ctx.report, converged, defer=options.sync_free)
         mu = zbus.adjoint_currents(net, adjoint.x, ctx.k_conj)  # cotangent of the injected currents
 
         inputs = [t.detach().requires_grad_() if t is not None and need else None
@@ -130,10 +161,8 @@ class ZBusFixedPoint(torch.autograd.Function):
         return (*out, None, None, None, None, None, None)
 
 
-def _check_adjoint(adjoint: zbus.FixedPointResult, report: AdjointReport | None, rows: torch.Tensor) -> None:
-    if report is not None:
-        report.record(adjoint, rows)
-    failed = int((~adjoint.converged & rows).sum())
-    if failed:
-        warnings.warn(f"power-flow adjoint did not converge for {failed} sample(s); their gradients "
-                      "are inaccurate (see the solver's adjoint_report)", RuntimeWarning, stacklevel=3)
+def _check_adjoint(adjoint: zbus.FixedPointResult, report: AdjointReport | None, rows: torch.Tensor,
+                   defer: bool = False) -> None:
+    """Record the adjoint's outcome and warn about unconverged rows (``defer``: at the report's
+    next :meth:`~AdjointReport.flush`; without a report there is nowhere to defer to)."""
+    (report if report is not None else AdjointReport()).record(adjoint, rows, defer=defer and report is not None)

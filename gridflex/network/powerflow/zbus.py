@@ -518,10 +518,12 @@ def solve_fixed_point(
     start: int = 8,
     chunk_rows: int | None = None,
     taps: TapRows | None = None,
+    sync_free: bool = False,
 ) -> FixedPointResult:
     """Voltages at the iteration nodes, v = G(v), for every row of ``c`` (no autograd).
 
     ``taps``: per-row regulator taps (:class:`TapRows` of ``net.tap_bank``), else the network's own.
+    ``sync_free``: exactly ``max_iter`` iterations without host synchronisation (:mod:`.anderson`).
     """
     batch = c.s_pq.shape[0]
     w_i = net.w_i.expand(batch, -1) if taps is None else taps.w_i
@@ -536,7 +538,7 @@ def solve_fixed_point(
 
     def solve_rows(rows: slice) -> FixedPointResult:
         return anderson_fixed_point(step, x0[rows].clone(), tuple(f[rows] for f in fields), tol=tol,
-                                    max_iter=max_iter, memory=memory, start=start)
+                                    max_iter=max_iter, memory=memory, start=start, sync_free=sync_free)
 
     with torch.no_grad():
         return chunked_rows(solve_rows, batch, chunk_rows)
@@ -610,10 +612,13 @@ def solve_adjoint(
     start: int = 8,
     chunk_rows: int | None = None,
     k_conj: torch.Tensor | None = None,
+    sync_free: bool = False,
 ) -> FixedPointResult:
     """lambda = g_bar + G_x^T lambda at the solution v (complex cotangents, [B, n_I]).
 
-    ``tol`` is relative to max|g_bar| per row. ``k_conj``: conj(K_b) [B, k, k] of per-row taps.
+    ``tol`` and the returned residual are relative to max|g_bar| per row. ``k_conj``: conj(K_b)
+    [B, k, k] of per-row taps.
+    ``sync_free``: exactly ``max_iter`` iterations without host synchronisation (:mod:`.anderson`).
     """
     jac = local_jacobian(net, v, c)
     scale = g_bar.abs().amax(-1).clamp_min(torch.finfo(v.real.dtype).tiny)
@@ -629,10 +634,12 @@ def solve_adjoint(
         params = tuple(t[rows] for t in per_row)
         return anderson_fixed_point(step, g_bar[rows].clone(), params, tol=tol, max_iter=max_iter,
                                     memory=memory, start=start, scale=scale[rows],
-                                    divergence=float("inf"))
+                                    divergence=float("inf"), sync_free=sync_free)
 
     with torch.no_grad():
-        return chunked_rows(solve_rows, g_bar.shape[0], chunk_rows)
+        result = chunked_rows(solve_rows, g_bar.shape[0], chunk_rows)
+    result.residual = result.residual / scale  # relative, like tol
+    return result
 
 
 def node_voltages(net: ZBusNetwork, v_iter: torch.Tensor, c: Injections) -> torch.Tensor:

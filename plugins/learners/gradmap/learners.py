@@ -164,7 +164,10 @@ class _PolicyLearner(TrainableLearner):
     # ------------------------------------------------------------------ acting
     def act(self, fleet_index: int, t: int, obs: torch.Tensor, state: torch.Tensor,
             inputs: StepInputs) -> torch.Tensor:
-        return self.policies[fleet_index](obs)
+        policy = self.policies[fleet_index]
+        if torch.is_grad_enabled():  # someone differentiates through the policy: the eager module
+            return policy(obs)
+        return self.env.acting(policy)(obs)
 
     def deployable_policies(self) -> list[DeployablePolicy]:
         """Per fleet, the controller of :meth:`act` in exportable parts (``gridflex export``)."""
@@ -310,7 +313,7 @@ class GradMAP(_PolicyLearner):
 
         def controller(f, t, obs, state, inputs):
             with torch.no_grad():
-                u = self.policies[f](obs)
+                u = self.env.acting(self.policies[f])(obs)
             u = u.detach().requires_grad_(True)
             leaves[f].append(u)
             return u

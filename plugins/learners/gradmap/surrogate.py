@@ -106,7 +106,7 @@ def fit_policies(policies: list[FleetPolicy], observations: list[torch.Tensor], 
             epoch_loss += loss.detach() * (idx.numel() / n_samples)
             if gather is not None and epoch == epochs - 1:
                 recorded.append((idx.numel(), per_fleet))
-        last = float(epoch_loss) / n_agents
+    last = float(epoch_loss) / n_agents if epochs else 0.0  # read once: a GPU runs the epochs unsynchronised
     if gather is not None and recorded:
         last = _whole_fleet_loss(recorded, gather, n_samples)
     return last, steps
