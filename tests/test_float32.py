@@ -110,15 +110,18 @@ def test_plain_float32_currents_would_fail():
     assert err > 100 * I_TOL_REL
 
 
-def test_float32_with_per_sample_taps():
-    """Regulated evaluation: every sample at its own regulator taps (Woodbury tap bank)."""
+@pytest.mark.parametrize("method", ["dense", "sparse"])
+def test_float32_with_per_sample_taps(method):
+    """Regulated evaluation: every sample at its own regulator taps (Woodbury tap bank), against
+    float64 on the dense refined network; the sparse bank's float32 solve on the sparse path."""
     feeder = _feeder("ieee123")
     names = [rc.transformer for rc in feeder.regcontrols]
     base = feeder.regulator_taps()
     grid = GridAssembler(feeder).grid().with_load_model("constant_pq")
     nets = {}
     for dtype in (torch.float64, torch.float32):
-        nets[dtype] = build_network(grid, dtype=dtype, precise=True)
+        nets[dtype] = build_network(grid, dtype=dtype, precise=True,
+                                    method="dense" if dtype == torch.float64 else method)
         taps_mod.build_tap_bank(nets[dtype], grid, regulator_tables(feeder, names), [base[n] for n in names])
     rng = np.random.default_rng(1)
     limits = np.array([position_limits(feeder, rc) for rc in feeder.regcontrols])
@@ -128,7 +131,7 @@ def test_float32_with_per_sample_taps():
     ref = solve_power_flow(nets[torch.float64], scale, p_kw, q_kvar, options=REFERENCE, taps=taps)
     got = solve_power_flow(nets[torch.float32], scale.float(), p_kw.float(), q_kvar.float(),
                            options=FLOAT32, taps=taps)
-    check_agreement(grid, ref, got, "ieee123 per-sample taps")
+    check_agreement(grid, ref, got, f"ieee123 per-sample taps ({method})")
 
 
 @pytest.mark.parametrize("name", ["ieee13", "ieee123"])

@@ -33,7 +33,8 @@ def test_shipped_scenario_validates_with_the_paper_split():
     counts = {group.type: group.count for group in cfg.devices}
     assert counts == {"battery": 4000, "heat_pump": 4000, "generator": 2000}
     assert cfg.feeder.tap_treatment == "frozen" and cfg.feeder.taps == "file"
-    # per-sample taps would rebuild the sparse solver dense (beyond a 24 GB machine on 8,531 nodes)
+    # as calibrated (the record holds this key): frozen taps, no regulated evaluation; per-sample
+    # taps now run on the sparse path (tests/test_powerflow_sparse.py), a recalibration is open
     assert cfg.environment.regulated_evaluation is False
     assert loaded.feeder_path().is_file()
     assert cache_paths(loaded.feeder_path(), "file")[0].is_file()

@@ -6,7 +6,6 @@ and a validated config. No cvxpy, no OpenDSS engine: it runs on a bare GPU machi
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
@@ -50,7 +49,7 @@ class AC3PhSolver(NetworkSolver):
         adjoint_max_iter: int = Field(200, ge=1, description="iteration cap of the adjoint fixed point")
         chunk_rows: int | None = Field(None, ge=1, description="solve in row chunks of this size; None = 2048 on CPU (cache-sized; 32 with the sparse method), unchunked on GPU")
         sync_free: bool = Field(False, description="run exactly max_iter forward and adjoint_max_iter adjoint iterations on every sample with the convergence flags kept on the device: no host synchronisation, so a GPU can record the solve as a CUDA graph (docs/network.md, Sync-free solves). Same results as the adaptive schedule, more work where samples converge early: pair it with a smaller max_iter, e.g. 30")
-        method: Literal["auto", "dense", "sparse"] = Field("auto", description="Z-bus products: dense (the n x n inverse, fastest on small feeders and GPUs), sparse (one sparse LU of Y, triangular solves per iteration, CPU; for large feeders), auto: sparse on CPU above 5000 nodes, else dense. Per-sample regulator taps (enable_taps) run dense: sparse falls back with a warning")
+        method: Literal["auto", "dense", "sparse"] = Field("auto", description="Z-bus products: dense (the n x n inverse, fastest on small feeders and GPUs), sparse (one sparse LU of Y, triangular solves per iteration, CPU; for large feeders), auto: sparse on CPU above 5000 nodes, else dense")
 
         @model_validator(mode="before")
         @classmethod
@@ -140,20 +139,8 @@ class AC3PhSolver(NetworkSolver):
         """Let :meth:`solve` take per-sample regulator ``taps``: ``tables`` hold each regulator's
         primitive at every position, ``base_taps`` the positions of this solver's grid. Every
         tap state is then a rank-k update of this one network (Woodbury; see
-        :mod:`gridflex.network.powerflow.zbus`), so samples at different taps share one batched solve.
-
-        The tap bank is dense (Woodbury on Z): a solver on the sparse method rebuilds its network
-        dense here, with a warning (the dense inverse's memory and set-up)."""
-        if self.network.sparse_z is not None:
-            warnings.warn(f"ac3ph: per-sample regulator taps need the dense Z-bus; {self.grid.name!r} "
-                          f"({self.grid.n_nodes} nodes) falls back from method 'sparse' to 'dense'",
-                          UserWarning, stacklevel=2)
-            self.method = "dense"
-            self.network = build_network(self.grid, self._injection_nodes,
-                                         vlimits_rule=self.config.vlimits_rule, dtype=self.dtype,
-                                         device=self.device, method="dense")
-            if self.config.chunk_rows is None:
-                self.options.chunk_rows = self._default_chunk_rows()
+        :mod:`gridflex.network.powerflow.taps`), so samples at different taps share one batched
+        solve, on the dense and the sparse method alike."""
         build_tap_bank(self.network, self.grid, tables, base_taps)
 
     @property

@@ -10,6 +10,7 @@ bank (:mod:`gridflex.network.powerflow.taps`).
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from gridflex.network.grid import Grid
 
@@ -37,14 +38,22 @@ class SourceSplit:
     """Y_pu = Y_net + Y_src: the network's admittance apart from the Vsource's Thevenin part
     (sparse, for long-double residuals), and the source EMF ``e_hat`` (zero off the source)."""
 
-    def __init__(self, grid: Grid, y_pu: np.ndarray):
+    def __init__(self, grid: Grid, y_pu: np.ndarray | sp.spmatrix):
         v_base = np.asarray(grid.v_base_ln_v, dtype=float)
         s_base_va = grid.s_base_kva * 1e3
-        self.n = len(y_pu)
+        self.n = y_pu.shape[0]
         self.src = np.asarray(grid.source_nodes)
         self.y_src = grid.source_y_si * np.outer(v_base[self.src], v_base[self.src]) / s_base_va
         self.e_hat = np.zeros(self.n, dtype=complex)
         self.e_hat[self.src] = grid.source_emf_v / v_base[self.src]
+        if sp.issparse(y_pu):  # a sparse network's admittance (its tap bank)
+            k = len(self.src)
+            y_src = sp.coo_matrix((self.y_src.ravel(), (np.repeat(self.src, k), np.tile(self.src, k))),
+                                  shape=y_pu.shape)
+            y_net = (sp.csr_matrix(y_pu) - y_src).tocoo()
+            self.rows, self.cols, self.vals = y_net.row, y_net.col, y_net.data
+            self.y_net_e_hat = y_net @ self.e_hat
+            return
         y_net = y_pu.copy()
         y_net[np.ix_(self.src, self.src)] -= self.y_src
         self.rows, self.cols = np.nonzero(y_net)

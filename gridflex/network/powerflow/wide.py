@@ -44,7 +44,8 @@ def node_voltages_pu(net: zbus.ZBusNetwork, i_iter: torch.Tensor, rows: TapRows 
     if rows is not None:
         bank = net.tap_bank
         q = torch.bmm((i @ bank.z_ui_t.to(WIDE)).unsqueeze(1), rows.k.mT).squeeze(1)  # K_b Z_UI i
-        v = rows.w_all_wide + i @ bank.z_ni_t_wide - q @ bank.z_nu_t
+        z_ni_i = net.sparse_z.z_ni(i) if bank.z_ni_t_wide is None else i @ bank.z_ni_t_wide
+        v = rows.w_all_wide + z_ni_i - q @ bank.z_nu_t
         return v[:, net.source_nodes] if source_only else v
     if net.sparse_z is not None:  # its solves run in complex128 whatever the network's dtype
         v = wide.w_all + net.sparse_z.z_ni(i)

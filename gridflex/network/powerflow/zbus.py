@@ -729,4 +729,8 @@ def node_voltages_taps(net: ZBusNetwork, i_iter: torch.Tensor, rows: TapRows) ->
     bank = net.tap_bank
     prod_u = i_iter.to(bank.z_ui_t.dtype) @ bank.z_ui_t  # Z_UI i (rows)
     q = torch.bmm(prod_u.unsqueeze(1), rows.k.mT).squeeze(1)
-    return bank.add_thin(torch.addmm(rows.w_all, i_iter, bank.z_ni_t), q, bank.z_nu_t, alpha=-1)
+    if bank.z_ni_t is None:  # sparse network: Z_{:,I} i by the LU
+        base = rows.w_all + net.sparse_z.z_ni(i_iter)
+    else:
+        base = torch.addmm(rows.w_all, i_iter, bank.z_ni_t)
+    return bank.add_thin(base, q, bank.z_nu_t, alpha=-1)
