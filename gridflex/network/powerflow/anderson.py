@@ -98,14 +98,9 @@ def anderson_fixed_point(
 
     rows = torch.arange(batch, device=device)  # global index of each working row
     x, x0_work = x0, x0
-    d_f = d_g = f_prev = g_prev = None
-    n_hist = 0
+    history = _History(memory, regularization)
     for k in range(1, max_iter + 1):
-        g = step(x, params)
-        f = g - x
-        res = torch.linalg.vector_norm(f, ord=float("inf"), dim=-1)
-        done = res <= tol_rows
-        bad = ~torch.isfinite(res) | (res > divergence)
+        g, f, res, done, bad = _evaluate(step, x, params, tol_rows, divergence)
         finished = done | bad if k < max_iter else torch.ones_like(done)
         if bool(finished.any()):
             ok = done & ~bad
@@ -121,23 +116,8 @@ def anderson_fixed_point(
             if scale is not None:
                 tol_rows = tol_rows[live]
             params = tuple(p[live] for p in params)
-            if f_prev is not None:
-                f_prev, g_prev = f_prev[live], g_prev[live]
-            if d_f is not None:
-                d_f, d_g = d_f[live], d_g[live]
-        if memory == 0 or k < start - 1:
-            x = g
-            continue
-        if f_prev is not None:
-            if d_f is None:
-                d_f = x.new_zeros((x.shape[0], memory, x.shape[1]))
-                d_g = torch.zeros_like(d_f)
-            slot = n_hist % memory
-            d_f[:, slot] = f - f_prev
-            d_g[:, slot] = g - g_prev
-            n_hist += 1
-        f_prev, g_prev = f, g
-        x = g if d_f is None else _anderson_update(f, g, d_f, d_g, regularization)
+            history.keep(live)
+        x = g if memory == 0 or k < start - 1 else history.next_iterate(f, g)
     return FixedPointResult(x_out, converged, iterations, residual)
 
 
@@ -158,14 +138,9 @@ def _sync_free_fixed_point(step, x0, params, *, tol, max_iter, memory, start, sc
     start = max(int(start), 1)
     active = torch.ones(batch, dtype=torch.bool, device=device)
     x = x0
-    d_f = d_g = f_prev = g_prev = None
-    n_hist = 0
+    history = _History(memory, regularization)
     for k in range(1, max_iter + 1):
-        g = step(x, params)
-        f = g - x
-        res = torch.linalg.vector_norm(f, ord=float("inf"), dim=-1)
-        done = res <= tol_rows
-        bad = ~torch.isfinite(res) | (res > divergence)
+        g, f, res, done, bad = _evaluate(step, x, params, tol_rows, divergence)
         finishing = active & (done | bad) if k < max_iter else active
         fallback = torch.where(torch.isfinite(x).all(-1, keepdim=True), x, x0)
         x_out = torch.where(finishing.unsqueeze(-1), torch.where(bad.unsqueeze(-1), fallback, g), x_out)
@@ -178,21 +153,46 @@ def _sync_free_fixed_point(step, x0, params, *, tol, max_iter, memory, start, sc
             break
         # finished rows go on iterating from their output (finite, never read again): each row's
         # iterates depend on that row alone, so the live rows' sequence is the adaptive one
-        if memory == 0 or k < start - 1:
-            x = torch.where(active.unsqueeze(-1), g, x_out)
-            continue
-        if f_prev is not None:
-            if d_f is None:
-                d_f = x.new_zeros((batch, memory, x.shape[1]))
-                d_g = torch.zeros_like(d_f)
-            slot = n_hist % memory
-            d_f[:, slot] = f - f_prev
-            d_g[:, slot] = g - g_prev
-            n_hist += 1
-        f_prev, g_prev = f, g
-        x_next = g if d_f is None else _anderson_update(f, g, d_f, d_g, regularization)
+        x_next = g if memory == 0 or k < start - 1 else history.next_iterate(f, g)
         x = torch.where(active.unsqueeze(-1), x_next, x_out)
     return FixedPointResult(x_out, converged, iterations, residual)
+
+
+def _evaluate(step, x: torch.Tensor, params, tol_rows, divergence: float):
+    """One map evaluation: ``(g, f = g - x, res = max|f| per row, done, bad)``."""
+    g = step(x, params)
+    f = g - x
+    res = torch.linalg.vector_norm(f, ord=float("inf"), dim=-1)
+    return g, f, res, res <= tol_rows, ~torch.isfinite(res) | (res > divergence)
+
+
+class _History:
+    """The last ``memory`` secant pairs (differences of residuals f and map values g) per row."""
+
+    def __init__(self, memory: int, regularization: float):
+        self.memory, self.regularization = memory, regularization
+        self.d_f = self.d_g = self.f_prev = self.g_prev = None
+        self.count = 0
+
+    def keep(self, live: torch.Tensor) -> None:
+        """Drop the rows that left the working set (``live``: bool mask of those that stay)."""
+        if self.f_prev is not None:
+            self.f_prev, self.g_prev = self.f_prev[live], self.g_prev[live]
+        if self.d_f is not None:
+            self.d_f, self.d_g = self.d_f[live], self.d_g[live]
+
+    def next_iterate(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Record (f, g) and return the next iterate: Anderson's once a secant exists, else g."""
+        if self.f_prev is not None:
+            if self.d_f is None:
+                self.d_f = f.new_zeros((f.shape[0], self.memory, f.shape[1]))
+                self.d_g = torch.zeros_like(self.d_f)
+            slot = self.count % self.memory
+            self.d_f[:, slot] = f - self.f_prev
+            self.d_g[:, slot] = g - self.g_prev
+            self.count += 1
+        self.f_prev, self.g_prev = f, g
+        return g if self.d_f is None else _anderson_update(f, g, self.d_f, self.d_g, self.regularization)
 
 
 def _anderson_update(f, g, d_f, d_g, regularization: float) -> torch.Tensor:
