@@ -36,6 +36,10 @@ class SolveOptions:
     sync_free: bool = False
 
 
+#: deferred backward passes an AdjointReport keeps before it reads them anyway
+MAX_PENDING = 64
+
+
 @dataclass
 class AdjointReport:
     """Filled by each backward pass: how the adjoint fixed point went (rows = flattened batch).
@@ -63,7 +67,9 @@ class AdjointReport:
         ``defer``: keep the tensors for :meth:`flush` instead of reading them now."""
         self.converged, self.iterations, self.residual = result.converged, result.iterations, result.residual
         self._pending.append((result, rows))
-        if not defer:
+        # deferred results hold their tensors until read: outside the trainer nobody may read
+        # them, so they are read (one synchronisation) before they could pile up
+        if not defer or len(self._pending) > MAX_PENDING:
             self.flush(stacklevel=5)
 
     def flush(self, stacklevel: int = 2) -> None:
